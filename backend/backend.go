@@ -1,0 +1,90 @@
+// Package backend holds Between's model of one upstream server: its address,
+// the gobetween attributes (weight, priority, max_connections, sni), the parser
+// for gobetween backend lines, and live traffic statistics. It has no Caddy
+// dependency so that other front ends can reuse it.
+package backend
+
+import (
+	"net"
+	"strconv"
+)
+
+// Backend is one upstream server. Its identity is Host:Port; two backends with
+// the same identity are the same server even if their attributes differ.
+type Backend struct {
+	// Host is an IP address or a DNS name, without brackets for IPv6.
+	Host string
+	// Port is the numeric port as text.
+	Port string
+	// Weight is the share of traffic in the weight policy. Default 1; 0 means
+	// "only when every other member of the priority group has weight 0".
+	Weight int
+	// Priority groups backends; the group with the lowest number that has an
+	// eligible member serves. Default 1.
+	Priority int
+	// MaxConnections caps the backend's concurrent connections; 0 = unlimited.
+	MaxConnections int
+	// SNI is the TLS server name this backend serves, used by the sni filter.
+	SNI string
+	// Stats are the live counters of this backend. Nil for a Backend that was
+	// only parsed; the server that uses it attaches shared Stats.
+	Stats *Stats
+}
+
+// Address returns the backend's identity, "host:port" (IPv6 hosts bracketed).
+func (b *Backend) Address() string {
+	return net.JoinHostPort(b.Host, b.Port)
+}
+
+// String returns the backend in gobetween line form, the inverse of Parse.
+func (b *Backend) String() string {
+	s := b.Address()
+	if b.Weight != 1 {
+		s += " weight=" + strconv.Itoa(b.Weight)
+	}
+	if b.Priority != 1 {
+		s += " priority=" + strconv.Itoa(b.Priority)
+	}
+	if b.MaxConnections != 0 {
+		s += " max_connections=" + strconv.Itoa(b.MaxConnections)
+	}
+	if b.SNI != "" {
+		s += " sni=" + b.SNI
+	}
+	return s
+}
+
+// SameAttributes reports whether b and o have the same identity and attributes
+// (ignoring Stats).
+func (b *Backend) SameAttributes(o *Backend) bool {
+	return b.Host == o.Host && b.Port == o.Port && b.Weight == o.Weight &&
+		b.Priority == o.Priority && b.MaxConnections == o.MaxConnections && b.SNI == o.SNI
+}
+
+// Acquire counts a new connection to b, honouring MaxConnections atomically:
+// it returns false (and changes nothing) when b is full. Every successful
+// Acquire must be paired with Release.
+func (b *Backend) Acquire() bool {
+	st := b.Stats
+	if b.MaxConnections <= 0 {
+		st.active.Add(1)
+		return true
+	}
+	for {
+		n := st.active.Load()
+		if n >= int64(b.MaxConnections) {
+			return false
+		}
+		if st.active.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// Release ends a connection counted by Acquire.
+func (b *Backend) Release() { b.Stats.active.Add(-1) }
+
+// Full reports whether b is at its MaxConnections.
+func (b *Backend) Full() bool {
+	return b.MaxConnections > 0 && b.Stats.active.Load() >= int64(b.MaxConnections)
+}

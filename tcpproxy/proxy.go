@@ -1,0 +1,183 @@
+// Package tcpproxy moves the bytes of one proxied TCP session between a client
+// and a backend connection: zero-copy (kernel splice) between two
+// *net.TCPConn, live byte counters, half-close, and idle timeouts that count
+// traffic in both directions. It has no Caddy dependency.
+package tcpproxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options configure one Proxy call. The zero value proxies without timeouts.
+type Options struct {
+	// ClientIdle and BackendIdle end the session when no byte moved in EITHER
+	// direction for that long: the client->backend direction uses ClientIdle,
+	// the backend->client direction BackendIdle (0 = no limit for it). A
+	// one-way stream therefore never idles out.
+	ClientIdle, BackendIdle time.Duration
+	// OnTx is called with the number of bytes copied client->backend, at least
+	// every LiveInterval while data flows. May be nil.
+	OnTx func(n int64)
+	// OnRx is called likewise for backend->client bytes. May be nil.
+	OnRx func(n int64)
+}
+
+// LiveInterval bounds how stale the byte counters may be while data flows.
+const LiveInterval = time.Second
+
+// chunk is the largest amount moved between two counter updates.
+const chunk = 1 << 20
+
+// Result tells how a session ended.
+type Result struct {
+	// Tx and Rx are the bytes copied client->backend and backend->client.
+	Tx, Rx int64
+	// Idle is true when an idle timeout ended the session.
+	Idle bool
+	// Err is the first error other than a normal close, if any.
+	Err error
+}
+
+// Proxy copies client->backend and backend->client until both directions have
+// ended, an error occurs or the session idles out; then it closes both
+// connections. When one side half-closes (FIN), the other side's write half
+// is closed and the reverse direction keeps flowing.
+func Proxy(client, backend net.Conn, o Options) Result {
+	s := &session{}
+	s.touch()
+	type done struct {
+		n    int64
+		idle bool
+		err  error
+	}
+	ch := make(chan done, 1)
+	go func() {
+		n, idle, err := s.copy(backend, client, o.ClientIdle, o.BackendIdle, o.OnTx)
+		ch <- done{n, idle, err}
+	}()
+	rx, idle, err := s.copy(client, backend, o.BackendIdle, o.ClientIdle, o.OnRx)
+	if idle || err != nil {
+		// unblock the other direction
+		client.Close()
+		backend.Close()
+	}
+	d := <-ch
+	client.Close()
+	backend.Close()
+	res := Result{Tx: d.n, Rx: rx, Idle: idle || d.idle}
+	switch {
+	case err != nil && !isClosed(err):
+		res.Err = err
+	case d.err != nil && !isClosed(d.err):
+		res.Err = d.err
+	}
+	return res
+}
+
+// session is the state both directions share: the time of the last byte.
+type session struct {
+	last atomic.Int64 // unix nanoseconds
+}
+
+func (s *session) touch() { s.last.Store(time.Now().UnixNano()) }
+
+// idleFor reports how long no byte moved in either direction.
+func (s *session) idleFor(now time.Time) time.Duration {
+	return now.Sub(time.Unix(0, s.last.Load()))
+}
+
+// copy moves src->dst until EOF (then half-closes dst), an error, or idleness
+// (idle is this direction's limit, other the reverse direction's: the session
+// idles out when the smaller non-zero one passes with no byte either way).
+func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(int64)) (total int64, idled bool, err error) {
+	limit := idle
+	if limit == 0 || (other > 0 && other < limit) {
+		limit = other
+	}
+	tick := LiveInterval
+	if limit > 0 && limit/4 < tick {
+		tick = max(limit/4, time.Millisecond)
+	}
+	move := s.generic
+	if d, ok := dst.(*net.TCPConn); ok {
+		if sc, ok := src.(*net.TCPConn); ok {
+			lr := &io.LimitedReader{R: sc}
+			move = func(dst, _ net.Conn) (int64, bool, error) {
+				lr.N = chunk
+				n, err := d.ReadFrom(lr)
+				// splice returns early without error only at EOF
+				return n, err == nil && n < chunk, err
+			}
+		}
+	}
+	for {
+		src.SetReadDeadline(time.Now().Add(tick))
+		n, eof, err := move(dst, src)
+		if n > 0 {
+			total += n
+			s.touch()
+			if count != nil {
+				count(n)
+			}
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if limit > 0 && s.idleFor(time.Now()) >= limit {
+					return total, true, nil
+				}
+				continue
+			}
+			return total, false, err
+		}
+		if eof {
+			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			} else {
+				dst.Close()
+			}
+			return total, false, nil
+		}
+	}
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// generic is the user-space copy for connections the kernel cannot splice
+// (TLS, unix sockets): up to chunk bytes per call with a pooled buffer.
+func (s *session) generic(dst, src net.Conn) (int64, bool, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	var n int64
+	for n < chunk {
+		r, rerr := src.Read(buf)
+		if r > 0 {
+			w, werr := dst.Write(buf[:r])
+			n += int64(w)
+			if werr != nil {
+				return n, false, werr
+			}
+		}
+		if rerr == io.EOF {
+			return n, true, nil
+		}
+		if rerr != nil {
+			return n, false, rerr
+		}
+		if r < len(buf) {
+			// nothing more buffered: report progress now
+			return n, false, nil
+		}
+	}
+	return n, false, nil
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded)
+}
