@@ -96,11 +96,12 @@ func (r *Runner) Run(ctx context.Context) {
 	fetch := func() bool {
 		fctx, cancel := context.WithTimeout(ctx, timeout)
 		list, err := r.Source.Fetch(fctx)
+		timedOut := fctx.Err() != nil
 		cancel()
 		if ctx.Err() != nil {
 			return false
 		}
-		if err == nil && fctx.Err() != nil {
+		if err == nil && timedOut {
 			err = fmt.Errorf("fetch timed out after %s", timeout)
 		}
 		if r.OnFetch != nil {

@@ -1,0 +1,52 @@
+package modules
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+)
+
+// decodeStrict unmarshals data into v, rejecting unknown fields. When a value
+// fails to decode it finds the JSON field responsible, so that every error
+// names it ("client_idle_timeout: time: invalid duration ...").
+func decodeStrict(data []byte, v any) error {
+	err := strictOnce(data, v)
+	if err == nil {
+		return nil
+	}
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) && typeErr.Field != "" {
+		return fmt.Errorf("field %q: want %s, got JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
+	}
+	if strings.Contains(err.Error(), "unknown field") {
+		return errors.New(strings.TrimPrefix(err.Error(), "json: "))
+	}
+	// find the field whose value fails on its own
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(data, &fields) != nil {
+		return err
+	}
+	keys := make([]string, 0, len(fields))
+	for k := range fields {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	t := reflect.TypeOf(v).Elem()
+	for _, k := range keys {
+		one, _ := json.Marshal(map[string]json.RawMessage{k: fields[k]})
+		if ferr := strictOnce(one, reflect.New(t).Interface()); ferr != nil {
+			return fmt.Errorf("field %q: %v", k, ferr)
+		}
+	}
+	return err
+}
+
+func strictOnce(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}

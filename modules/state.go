@@ -1,0 +1,220 @@
+package modules
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddy-between/between/backend"
+	"github.com/caddy-between/between/discovery"
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// states holds the runtime state of every server, keyed by server name and
+// config hash, so that a reload which leaves a server unchanged hands the new
+// config the same state: statistics, health, discovery and open connections
+// carry over without a gap.
+var states = caddy.NewUsagePool()
+
+// serverState is the part of a server that outlives one config load.
+type serverState struct {
+	name   string
+	logger *zap.Logger
+	stats  backend.Stats
+
+	source discovery.Configured
+	health healthTracker
+
+	// pool is the election snapshot: discovered, healthy backends sorted by
+	// (priority, address). It is replaced, never modified.
+	pool atomic.Pointer[[]*backend.Backend]
+
+	mu         sync.Mutex
+	discovered map[string]*backend.Backend // by address
+	fetched    bool                        // a discovery result has arrived
+
+	conns sync.Map // net.Conn -> struct{}: open client connections, for draining
+
+	startOnce sync.Once
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+}
+
+// healthTracker is what the state needs from health checking.
+type healthTracker interface {
+	Update(backends []*backend.Backend)
+	Healthy(addr string) bool
+	DialFailed(addr string)
+	DialSucceeded(addr string)
+	Stop()
+}
+
+func newServerState(s *Server) *serverState {
+	st := &serverState{
+		name:       s.name,
+		logger:     s.logger,
+		source:     s.source,
+		discovered: map[string]*backend.Backend{},
+	}
+	empty := []*backend.Backend{}
+	st.pool.Store(&empty)
+	st.health = newHealth(s, st)
+	return st
+}
+
+// Destruct stops the state's goroutines when the last config using it is gone.
+func (st *serverState) Destruct() error {
+	if st.cancel != nil {
+		st.cancel()
+	}
+	st.wg.Wait()
+	st.health.Stop()
+	return nil
+}
+
+// start runs discovery and rate sampling; only the first config that starts
+// the state does it.
+func (st *serverState) start() {
+	st.startOnce.Do(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		st.cancel = cancel
+		r := &discovery.Runner{
+			Source: st.source,
+			Update: st.setDiscovered,
+			OnError: func(err error) {
+				st.logger.Warn("discovery failed; keeping the last good backend list unless failpolicy is setempty", zap.Error(err))
+			},
+		}
+		if d, ok := st.source.(interface{ DefaultTimeout() time.Duration }); ok {
+			r.DefaultTimeout = d.DefaultTimeout()
+		}
+		st.wg.Add(2)
+		go func() { defer st.wg.Done(); r.Run(ctx) }()
+		go func() { defer st.wg.Done(); st.sample(ctx) }()
+	})
+}
+
+// sample keeps the per-second rates of the server and its backends current.
+func (st *serverState) sample(ctx context.Context) {
+	t := time.NewTicker(backend.RateInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			st.stats.Sample(now)
+			st.mu.Lock()
+			for _, b := range st.discovered {
+				b.Stats.Sample(now)
+			}
+			st.mu.Unlock()
+		}
+	}
+}
+
+// setDiscovered installs a new discovery result. Backends keep their Stats
+// across updates; a backend that leaves gets no new connections while its
+// open ones continue.
+func (st *serverState) setDiscovered(list []backend.Backend) {
+	st.mu.Lock()
+	next := make(map[string]*backend.Backend, len(list))
+	added, removed := 0, 0
+	for i := range list {
+		nb := list[i]
+		addr := nb.Address()
+		if _, dup := next[addr]; dup {
+			continue
+		}
+		if old, ok := st.discovered[addr]; ok {
+			if old.SameAttributes(&nb) {
+				next[addr] = old
+				continue
+			}
+			nb.Stats = old.Stats
+		} else {
+			nb.Stats = new(backend.Stats)
+			added++
+		}
+		next[addr] = &nb
+	}
+	for addr := range st.discovered {
+		if _, ok := next[addr]; !ok {
+			removed++
+		}
+	}
+	st.discovered = next
+	st.fetched = true
+	backends := st.sortedLocked()
+	st.mu.Unlock()
+	if added > 0 || removed > 0 {
+		st.logger.Info("backends discovered", zap.Int("count", len(backends)), zap.Int("added", added), zap.Int("removed", removed))
+	}
+	st.health.Update(backends)
+	st.rebuild()
+}
+
+func (st *serverState) sortedLocked() []*backend.Backend {
+	out := make([]*backend.Backend, 0, len(st.discovered))
+	for _, b := range st.discovered {
+		out = append(out, b)
+	}
+	slices.SortFunc(out, func(a, b *backend.Backend) int {
+		if a.Priority != b.Priority {
+			return a.Priority - b.Priority
+		}
+		return strings.Compare(a.Address(), b.Address())
+	})
+	return out
+}
+
+// rebuild publishes a new election snapshot from discovery and health.
+func (st *serverState) rebuild() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	all := st.sortedLocked()
+	pool := all[:0]
+	for _, b := range all {
+		if st.health.Healthy(b.Address()) {
+			pool = append(pool, b)
+		}
+	}
+	st.pool.Store(&pool)
+}
+
+// healthChanged is called by health checking on every transition.
+func (st *serverState) healthChanged(addr string, healthy bool, reason string) {
+	from, to := "up", "down"
+	if healthy {
+		from, to = "down", "up"
+	}
+	st.logger.Info("backend health changed", zap.String("backend", addr), zap.String("from", from), zap.String("to", to), zap.String("reason", reason))
+	st.rebuild()
+}
+
+// discoveredCount reports how many backends discovery currently lists.
+func (st *serverState) discoveredCount() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.discovered)
+}
+
+// closeConnsAfter closes every open client connection after d.
+func (st *serverState) closeConnsAfter(d time.Duration) {
+	time.AfterFunc(d, func() {
+		n := 0
+		st.conns.Range(func(k, _ any) bool {
+			k.(net.Conn).Close()
+			n++
+			return true
+		})
+		if n > 0 {
+			st.logger.Info("drain timeout reached; closed remaining connections", zap.Int("connections", n))
+		}
+	})
+}
