@@ -1,7 +1,7 @@
 // Package balancers holds Between's load-balancing policies. Each policy is a
 // Caddy module in the namespace between.balancers (inline key "policy") that
-// implements Balancer. The election core (Client, Group, Eligible) has no Caddy
-// dependency beyond module registration.
+// implements Balancer. The election core (Client, Group, Eligible, SNIFilter)
+// has no Caddy dependency beyond module registration.
 package balancers
 
 import (
@@ -15,9 +15,10 @@ import (
 //
 // pool is the server's current snapshot of discovered, healthy, not drained
 // backends, sorted by (Priority, Address) and never modified: policies must not
-// write to it. Elect must be safe for concurrent use and must not allocate on
-// the common path. It honours priority groups, MaxConnections and the client's
-// Match filter through Group and Eligible.
+// write to it, and may cache facts about a snapshot (keyed by its backing
+// array) because a snapshot never changes. Elect must be safe for concurrent
+// use and must not allocate on the common path. It honours priority groups,
+// MaxConnections and the client's Match filter through Group and Eligible.
 type Balancer interface {
 	Elect(c *Client, pool []*backend.Backend) (*backend.Backend, error)
 }
@@ -32,10 +33,15 @@ type Client struct {
 	SNI string
 	// Match, when set, restricts the backends this client may use (the server's
 	// sni filter). It is set once per server, not per connection, and must not
-	// allocate.
+	// allocate. SNIFilter.Prepare sets it when it is nil.
 	Match func(c *Client, b *backend.Backend) bool
 	// Skip lists backends already tried for this connection (retries).
 	Skip []*backend.Backend
+
+	// Per-connection decision of SNIFilter.Prepare, read by SNIFilter.Match.
+	sniMode   uint8
+	sniHit    string     // the sni value of a backend known to match SNI
+	sniFilter *SNIFilter // the filter Prepare installed as Match
 }
 
 // Reasons Elect fails, so that the server can log why a client was refused.
@@ -54,6 +60,11 @@ func Eligible(c *Client, b *backend.Backend) bool {
 	if c.Match != nil && !c.Match(c, b) {
 		return false
 	}
+	return available(c, b)
+}
+
+// available is Eligible without the Match filter.
+func available(c *Client, b *backend.Backend) bool {
 	for _, s := range c.Skip {
 		if s == b {
 			return false
@@ -66,31 +77,49 @@ func Eligible(c *Client, b *backend.Backend) bool {
 // is sorted by priority) that has an eligible member for c. When none has, it
 // returns the reason as ErrNoBackends, ErrNoMatch or ErrAllFull.
 func Group(c *Client, pool []*backend.Backend) (lo, hi int, err error) {
+	lo, hi, _, err = group(c, pool)
+	return lo, hi, err
+}
+
+// group is Group that also returns the index of the group's first eligible
+// member. It stops at that member, and finds the group's end by binary
+// search, so it costs O(log n) when the first member is eligible.
+func group(c *Client, pool []*backend.Backend) (lo, hi, first int, err error) {
 	if len(pool) == 0 {
-		return 0, 0, ErrNoBackends
+		return 0, 0, 0, ErrNoBackends
 	}
 	matched := false
 	for lo < len(pool) {
-		prio := pool[lo].Priority
-		hi = lo
-		found := false
-		for hi < len(pool) && pool[hi].Priority == prio {
-			b := pool[hi]
-			if c.Match == nil || c.Match(c, b) {
-				matched = true
-				if !found && Eligible(c, b) {
-					found = true
-				}
+		hi = groupEnd(pool, lo)
+		for i := lo; i < hi; i++ {
+			b := pool[i]
+			if c.Match != nil && !c.Match(c, b) {
+				continue
 			}
-			hi++
-		}
-		if found {
-			return lo, hi, nil
+			matched = true
+			if available(c, b) {
+				return lo, hi, i, nil
+			}
 		}
 		lo = hi
 	}
 	if !matched {
-		return 0, 0, ErrNoMatch
+		return 0, 0, 0, ErrNoMatch
 	}
-	return 0, 0, ErrAllFull
+	return 0, 0, 0, ErrAllFull
+}
+
+// groupEnd returns the index just past the priority group that starts at lo.
+func groupEnd(pool []*backend.Backend, lo int) int {
+	prio := pool[lo].Priority
+	i, j := lo+1, len(pool)
+	for i < j {
+		h := int(uint(i+j) >> 1)
+		if pool[h].Priority <= prio {
+			i = h + 1
+		} else {
+			j = h
+		}
+	}
+	return i
 }

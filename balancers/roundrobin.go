@@ -12,10 +12,17 @@ func init() {
 	caddy.RegisterModule(new(RoundRobin))
 }
 
-// RoundRobin hands connections to the eligible backends of the lowest priority
-// group in turn, in the stable order of their addresses. The position is one
-// atomic counter, so it is fair under concurrency and unaffected by unrelated
-// pool changes.
+// RoundRobin hands connections to the eligible backends of the lowest
+// priority group in turn, in the stable order of their addresses.
+//
+// The turn is one shared position that only moves forward: each connection
+// takes the next eligible backend at or after it and moves the position just
+// past that backend. So with backends A, B, C where B is at max_connections,
+// clients get A, C, A, C, ... (an exact cycle over the eligible ones, never C
+// twice in a row), concurrent clients never get the same turn, and the cycle
+// continues where it was when the backend list changes.
+//
+// Caddyfile: `balance roundrobin` (no options). JSON: `{"policy": "roundrobin"}`.
 type RoundRobin struct {
 	next atomic.Uint64
 }
@@ -28,22 +35,35 @@ func (*RoundRobin) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Elect implements Balancer.
+// Elect implements Balancer. It costs O(1) when the backend at the position
+// is eligible, else O(distance to the next eligible one).
 func (r *RoundRobin) Elect(c *Client, pool []*backend.Backend) (*backend.Backend, error) {
-	lo, hi, err := Group(c, pool)
+	lo, hi, _, err := group(c, pool)
 	if err != nil {
 		return nil, err
 	}
-	group := pool[lo:hi]
-	n := uint64(len(group))
-	start := r.next.Add(1) - 1
-	for i := uint64(0); i < n; i++ {
-		b := group[(start+i)%n]
-		if Eligible(c, b) {
-			return b, nil
+	g := pool[lo:hi]
+	n := uint64(len(g))
+retry:
+	for {
+		p := r.next.Load()
+		i := p % n
+		for step := uint64(0); step < n; step++ {
+			b := g[i]
+			if Eligible(c, b) {
+				if r.next.CompareAndSwap(p, p+step+1) {
+					return b, nil
+				}
+				// another client took this turn: look again from the new position
+				continue retry
+			}
+			if i++; i == n {
+				i = 0
+			}
 		}
+		// every member filled up since group looked
+		return nil, ErrAllFull
 	}
-	return group[start%n], nil
 }
 
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens: `balance roundrobin`.

@@ -12,11 +12,21 @@ func init() {
 	caddy.RegisterModule(Weight{})
 }
 
-// Weight is the default policy: RFC 2782 weighted random choice within the
-// lowest-numbered priority group that has an eligible backend. A backend with
-// weight 2 gets twice the connections of one with weight 1; weight 0 is chosen
-// only when every eligible member of the group has weight 0 (then uniformly).
-type Weight struct{}
+// Weight is the default policy: a weighted random choice (RFC 2782) among the
+// eligible backends of the lowest-numbered priority group that has one.
+//
+// A backend with weight 2 gets on average twice the connections of one with
+// weight 1 (weights 1 and 3 share 25% / 75%). A backend with weight 0 gets
+// connections only when every eligible member of its group has weight 0; then
+// they share uniformly. Backends at max_connections, or not matching the
+// client's SNI, are left out of the draw.
+//
+// Caddyfile: `balance weight` (no options). JSON: `{"policy": "weight"}`.
+type Weight struct {
+	// rand is the random source; nil means math/rand/v2. Tests set it to a
+	// seeded generator.
+	rand func() uint64
+}
 
 // CaddyModule returns the Caddy module information.
 func (Weight) CaddyModule() caddy.ModuleInfo {
@@ -26,41 +36,44 @@ func (Weight) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Elect implements Balancer.
-func (Weight) Elect(c *Client, pool []*backend.Backend) (*backend.Backend, error) {
-	lo, hi, err := Group(c, pool)
+// Elect implements Balancer. It scans the group twice: O(group size).
+func (w Weight) Elect(c *Client, pool []*backend.Backend) (*backend.Backend, error) {
+	_, hi, first, err := group(c, pool)
 	if err != nil {
 		return nil, err
 	}
-	return weighted(c, pool[lo:hi], rand.Uint64), nil
+	rnd := w.rand
+	if rnd == nil {
+		rnd = rand.Uint64
+	}
+	if b := weighted(c, pool[first:hi], rnd); b != nil {
+		return b, nil
+	}
+	// every member filled up since group looked
+	return nil, ErrAllFull
 }
 
-// weighted picks from group by weight, using rnd as the random source. group
-// has at least one eligible member.
+// weighted picks from group by weight, using rnd as the random source. It
+// returns nil when no member of group is eligible.
 func weighted(c *Client, group []*backend.Backend, rnd func() uint64) *backend.Backend {
 	var sum, count uint64
 	for _, b := range group {
 		if Eligible(c, b) {
-			sum += uint64(b.Weight)
+			sum += uint64(max(b.Weight, 0))
 			count++
 		}
 	}
+	if count == 0 {
+		return nil
+	}
 	if sum == 0 {
 		// every eligible member has weight 0: pick uniformly among them
-		n := rnd() % count
-		for _, b := range group {
-			if Eligible(c, b) {
-				if n == 0 {
-					return b
-				}
-				n--
-			}
-		}
+		return nth(c, group, rnd()%count)
 	}
 	n := rnd() % sum
 	var last *backend.Backend
 	for _, b := range group {
-		if !Eligible(c, b) || b.Weight == 0 {
+		if b.Weight <= 0 || !Eligible(c, b) {
 			continue
 		}
 		last = b
@@ -69,11 +82,24 @@ func weighted(c *Client, group []*backend.Backend, rnd func() uint64) *backend.B
 		}
 		n -= uint64(b.Weight)
 	}
-	// a concurrent change of eligibility between the two passes: take the last seen
-	if last != nil {
-		return last
+	// eligibility changed between the two passes: take the last one seen
+	return last
+}
+
+// nth returns the k-th (from 0) eligible member of group, or the last eligible
+// one when fewer remain (eligibility may change concurrently), or nil.
+func nth(c *Client, group []*backend.Backend, k uint64) *backend.Backend {
+	var last *backend.Backend
+	for _, b := range group {
+		if Eligible(c, b) {
+			if k == 0 {
+				return b
+			}
+			k--
+			last = b
+		}
 	}
-	return group[0]
+	return last
 }
 
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens: `balance weight`.
@@ -84,11 +110,12 @@ func (*Weight) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // noOptions consumes the policy name and rejects any argument or block.
 func noOptions(d *caddyfile.Dispenser) error {
 	d.Next() // policy name
+	name := d.Val()
 	if d.NextArg() {
 		return d.ArgErr()
 	}
 	if d.NextBlock(d.Nesting()) {
-		return d.Errf("balance %s takes no options", d.Val())
+		return d.Errf("balance %s takes no options", name)
 	}
 	return nil
 }
