@@ -6,6 +6,7 @@ package healthchecks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -80,3 +81,61 @@ type Passive struct {
 	// long the backend stays down. Default 30s.
 	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
 }
+
+// DefaultFailDuration is Passive.FailDuration when it is not set.
+const DefaultFailDuration = 30 * time.Second
+
+// MaxDefaultTimeout caps the default check timeout (the interval).
+const MaxDefaultTimeout = 5 * time.Second
+
+// Validate checks the passive health settings; errors name the field.
+func (p *Passive) Validate() error {
+	if p.MaxFails < 0 {
+		return fmt.Errorf("max_fails %d: must not be negative", p.MaxFails)
+	}
+	if p.FailDuration < 0 {
+		return fmt.Errorf("fail_duration %s: must not be negative", time.Duration(p.FailDuration))
+	}
+	return nil
+}
+
+// window returns the effective fail_duration.
+func (p *Passive) window() time.Duration {
+	if p.FailDuration <= 0 {
+		return DefaultFailDuration
+	}
+	return time.Duration(p.FailDuration)
+}
+
+// timeout returns the effective time limit of one check.
+func (c *Common) timeout() time.Duration {
+	if c.Timeout > 0 {
+		return time.Duration(c.Timeout)
+	}
+	return min(time.Duration(c.Interval), MaxDefaultTimeout)
+}
+
+// ErrNoVerdict is returned (wrapped) by a checker whose check neither passed
+// nor failed, such as an exec command printing neither the positive nor the
+// negative output. The Scheduler leaves the backend's status and its
+// consecutive counters unchanged and only logs it (Scheduler.Log).
+var ErrNoVerdict = errors.New("no verdict")
+
+// ProtocolValidator is implemented by checkers that cannot check backends of
+// every server protocol. The server calls ValidateProtocol with its protocol
+// ("tcp", "tls" or "udp") while provisioning.
+type ProtocolValidator interface {
+	ValidateProtocol(serverProtocol string) error
+}
+
+// CheckProtocol reports whether a checker of the given kind ("ping", "probe",
+// ...) can check the backends of a server speaking serverProtocol. Only ping
+// is restricted: a TCP connect says nothing about a UDP service.
+func CheckProtocol(kind, serverProtocol string) error {
+	if kind == "ping" && serverProtocol == "udp" {
+		return errPingUDP
+	}
+	return nil
+}
+
+var errPingUDP = errors.New(`healthcheck ping: a TCP connect cannot check a UDP server; use kind "probe" with probe_protocol "udp" (or "tcp" with port, for a TCP side port), or "exec"`)
