@@ -1,0 +1,277 @@
+// Package e2e drives the real caddy binary (cmd/caddy with Between) through
+// its admin API: every test starts its own instance on free loopback ports
+// with a real config and talks to it over real sockets.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// caddyBin is the binary under test, built once in TestMain.
+var caddyBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if bin := os.Getenv("BETWEEN_CADDY"); bin != "" {
+		caddyBin = bin
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "between-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	caddyBin = filepath.Join(dir, "caddy")
+	_, self, _, _ := runtime.Caller(0)
+	root := filepath.Dir(filepath.Dir(self))
+	cmd := exec.Command("go", "build", "-o", caddyBin, "./cmd/caddy")
+	cmd.Dir = root
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building caddy:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// repoRoot returns the repository's top directory.
+func repoRoot() string {
+	_, self, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(self))
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// instance is one running caddy process.
+type instance struct {
+	t     testing.TB
+	admin string // host:port of the admin endpoint
+	cmd   *exec.Cmd
+	logMu sync.Mutex
+	log   bytes.Buffer
+}
+
+// logs returns what the process printed so far.
+func (c *instance) logs() string {
+	c.logMu.Lock()
+	defer c.logMu.Unlock()
+	return c.log.String()
+}
+
+type lockedWriter struct{ c *instance }
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.c.logMu.Lock()
+	defer w.c.logMu.Unlock()
+	return w.c.log.Write(p)
+}
+
+// startCaddy runs caddy with the given JSON config (an object with "apps";
+// the admin endpoint is added) and waits until the config is loaded.
+func startCaddy(t testing.TB, apps string) *instance {
+	t.Helper()
+	c := &instance{t: t, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	cfg := fmt.Sprintf(`{"admin":{"listen":%q},"logging":{"logs":{"default":{"level":"DEBUG"}}},"apps":%s}`, c.admin, apps)
+	path := filepath.Join(t.TempDir(), "caddy.json")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.start(t, "run", "--config", path)
+	return c
+}
+
+// startCaddyfile runs caddy with a Caddyfile; the admin address is set in the
+// global options (the text must contain the token ADMIN where it goes, or it is
+// prepended as its own global block when the Caddyfile has none).
+func startCaddyfile(t testing.TB, caddyfile string) *instance {
+	t.Helper()
+	c := &instance{t: t, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	caddyfile = strings.ReplaceAll(caddyfile, "ADMIN", c.admin)
+	path := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.start(t, "run", "--config", path, "--adapter", "caddyfile")
+	return c
+}
+
+func (c *instance) start(t testing.TB, args ...string) {
+	t.Helper()
+	c.cmd = exec.Command(caddyBin, args...)
+	c.cmd.Dir = t.TempDir()
+	c.cmd.Env = append(os.Environ(), "HOME="+c.cmd.Dir, "XDG_DATA_HOME="+c.cmd.Dir, "XDG_CONFIG_HOME="+c.cmd.Dir)
+	c.cmd.Stdout, c.cmd.Stderr = lockedWriter{c}, lockedWriter{c}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.cmd.Process.Kill()
+		c.cmd.Wait()
+		if t.Failed() {
+			t.Logf("caddy output:\n%s", tail(c.logs(), 60))
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + c.admin + "/config/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				// the admin endpoint answers once the config is running
+				return
+			}
+		}
+		if c.cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("caddy did not come up; output:\n%s", tail(c.logs(), 60))
+}
+
+// load replaces the running config's apps (a reload through POST /load).
+func (c *instance) load(apps string) (int, string) {
+	cfg := fmt.Sprintf(`{"admin":{"listen":%q},"logging":{"logs":{"default":{"level":"DEBUG"}}},"apps":%s}`, c.admin, apps)
+	resp, err := http.Post("http://"+c.admin+"/load", "application/json", strings.NewReader(cfg))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func tail(s string, lines int) string {
+	l := strings.Split(s, "\n")
+	if len(l) > lines {
+		l = l[len(l)-lines:]
+	}
+	return strings.Join(l, "\n")
+}
+
+// between renders the apps object with one or more between servers.
+func between(servers map[string]any) string {
+	b, err := json.Marshal(map[string]any{"between": map[string]any{"servers": servers}})
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+// staticServer is a minimal server config on listen with a static backend list.
+func staticServer(listen string, backends ...string) map[string]any {
+	return map[string]any{
+		"listen":    []string{listen},
+		"discovery": map[string]any{"kind": "static", "static_list": backends},
+	}
+}
+
+// backendServer is a TCP backend for tests; handle is called per connection.
+type backendServer struct {
+	ln    net.Listener
+	addr  string
+	mu    sync.Mutex
+	conns int
+	wg    sync.WaitGroup
+}
+
+func newBackend(t testing.TB, handle func(net.Conn)) *backendServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backendServer{ln: ln, addr: ln.Addr().String()}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.conns++
+			b.mu.Unlock()
+			b.wg.Add(1)
+			go func() {
+				defer b.wg.Done()
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { b.ln.Close() })
+	return b
+}
+
+func (b *backendServer) count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.conns
+}
+
+// nameBackend answers every connection with its name and a newline, then closes.
+func nameBackend(t testing.TB, name string) *backendServer {
+	return newBackend(t, func(c net.Conn) { fmt.Fprintf(c, "%s\n", name) })
+}
+
+// echoBackend copies everything back until the client half-closes.
+func echoBackend(t testing.TB) *backendServer {
+	return newBackend(t, func(c net.Conn) {
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
+}
+
+// ask connects to addr and returns the first line the server sends.
+func ask(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s", timeout, what)
+}
