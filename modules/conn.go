@@ -42,6 +42,7 @@ func (s *Server) serveTCP(conn net.Conn) {
 		client.Match = s.sniFilter.Match
 	}
 
+	st.awaitDiscovery()
 	b, bconn, err := s.connect(&client)
 	if err != nil {
 		st.stats.AddRefused()

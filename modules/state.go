@@ -36,7 +36,13 @@ type serverState struct {
 
 	mu         sync.Mutex
 	discovered map[string]*backend.Backend // by address
-	fetched    bool                        // a discovery result has arrived
+
+	// ready is closed when the first discovery attempt has finished, so that
+	// clients arriving right after a (re)start wait for the backend list
+	// instead of being refused.
+	ready     chan struct{}
+	readyOnce sync.Once
+	firstWait time.Duration
 
 	conns sync.Map // net.Conn -> struct{}: open client connections, for draining
 
@@ -60,6 +66,7 @@ func newServerState(s *Server) *serverState {
 		logger:     s.logger,
 		source:     s.source,
 		discovered: map[string]*backend.Backend{},
+		ready:      make(chan struct{}),
 	}
 	empty := []*backend.Backend{}
 	st.pool.Store(&empty)
@@ -84,14 +91,22 @@ func (st *serverState) start() {
 		ctx, cancel := context.WithCancel(context.Background())
 		st.cancel = cancel
 		r := &discovery.Runner{
-			Source: st.source,
-			Update: st.setDiscovered,
+			Source:  st.source,
+			Update:  st.setDiscovered,
+			OnFetch: func(error) { st.readyOnce.Do(func() { close(st.ready) }) },
 			OnError: func(err error) {
 				st.logger.Warn("discovery failed; keeping the last good backend list unless failpolicy is setempty", zap.Error(err))
 			},
 		}
 		if d, ok := st.source.(interface{ DefaultTimeout() time.Duration }); ok {
 			r.DefaultTimeout = d.DefaultTimeout()
+		}
+		st.firstWait = time.Duration(st.source.Settings().Timeout)
+		if st.firstWait <= 0 {
+			st.firstWait = r.DefaultTimeout
+		}
+		if st.firstWait <= 0 {
+			st.firstWait = discovery.DefaultTimeout
 		}
 		st.wg.Add(2)
 		go func() { defer st.wg.Done(); r.Run(ctx) }()
@@ -149,7 +164,6 @@ func (st *serverState) setDiscovered(list []backend.Backend) {
 		}
 	}
 	st.discovered = next
-	st.fetched = true
 	backends := st.sortedLocked()
 	st.mu.Unlock()
 	if added > 0 || removed > 0 {
@@ -195,6 +209,22 @@ func (st *serverState) healthChanged(addr string, healthy bool, reason string) {
 	}
 	st.logger.Info("backend health changed", zap.String("backend", addr), zap.String("from", from), zap.String("to", to), zap.String("reason", reason))
 	st.rebuild()
+}
+
+// awaitDiscovery waits, at most the discovery timeout, for the first
+// discovery attempt after the state started.
+func (st *serverState) awaitDiscovery() {
+	select {
+	case <-st.ready:
+		return
+	default:
+	}
+	t := time.NewTimer(st.firstWait)
+	defer t.Stop()
+	select {
+	case <-st.ready:
+	case <-t.C:
+	}
 }
 
 // discoveredCount reports how many backends discovery currently lists.
