@@ -144,4 +144,3 @@ func (s *Server) explain(err error, c *balancers.Client) error {
 	}
 	return err
 }
-
