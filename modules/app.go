@@ -123,6 +123,7 @@ func (a *App) Start() error {
 				s.releases = append(s.releases, release)
 			}
 		}
+		running.Store(name, s)
 		a.logger.Info("server started", zap.String("server", name), zap.Strings("listen", s.Listen), zap.String("protocol", s.Protocol))
 	}
 	return nil
@@ -138,6 +139,7 @@ func (a *App) Stop() error {
 			r()
 		}
 		s.releases = nil
+		running.CompareAndDelete(name, s)
 		if s.state == nil {
 			continue
 		}
