@@ -1,0 +1,594 @@
+package healthchecks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddy-between/between/backend"
+	"github.com/caddyserver/caddy/v2"
+)
+
+// fakeChecker is a Checker whose results come from a function of the backend
+// address and the 1-based number of the check for that address.
+type fakeChecker struct {
+	Common
+	fn func(ctx context.Context, b *backend.Backend, n int) error
+
+	mu    sync.Mutex
+	calls map[string]int
+	ports map[string]string
+}
+
+func (f *fakeChecker) Check(ctx context.Context, b *backend.Backend) error {
+	f.mu.Lock()
+	if f.calls == nil {
+		f.calls, f.ports = map[string]int{}, map[string]string{}
+	}
+	f.calls[b.Host]++
+	n := f.calls[b.Host]
+	f.ports[b.Host] = b.Port
+	f.mu.Unlock()
+	return f.fn(ctx, b, n)
+}
+
+func (f *fakeChecker) count(host string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[host]
+}
+
+func (f *fakeChecker) port(host string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ports[host]
+}
+
+// event is one onChange call, with the number of checks of its backend done
+// when it was reported.
+type event struct {
+	addr    string
+	healthy bool
+	reason  string
+	checks  int
+}
+
+// recorder collects onChange calls.
+type recorder struct {
+	ch  chan event
+	chk *fakeChecker
+}
+
+func newRecorder(chk *fakeChecker) *recorder {
+	return &recorder{ch: make(chan event, 1000), chk: chk}
+}
+
+func (r *recorder) onChange(addr string, healthy bool, reason string) {
+	n := 0
+	if r.chk != nil {
+		host, _, _ := net.SplitHostPort(addr)
+		n = r.chk.count(host)
+	}
+	r.ch <- event{addr, healthy, reason, n}
+}
+
+func (r *recorder) next(t *testing.T, within time.Duration) event {
+	t.Helper()
+	select {
+	case ev := <-r.ch:
+		return ev
+	case <-time.After(within):
+		t.Fatalf("no health transition within %s", within)
+		return event{}
+	}
+}
+
+func (r *recorder) none(t *testing.T, during time.Duration) {
+	t.Helper()
+	select {
+	case ev := <-r.ch:
+		t.Fatalf("unexpected transition %+v", ev)
+	case <-time.After(during):
+	}
+}
+
+func backends(hosts ...string) []*backend.Backend {
+	out := make([]*backend.Backend, len(hosts))
+	for i, h := range hosts {
+		out[i] = &backend.Backend{Host: h, Port: "80", Weight: 1, Priority: 1}
+	}
+	return out
+}
+
+func addr(host string) string { return net.JoinHostPort(host, "80") }
+
+var errDown = errors.New("connection refused")
+
+// script turns a string of check results into a check function:
+// '+' healthy, '-' failure, '?' no verdict; the last result repeats.
+func script(s string) func(context.Context, *backend.Backend, int) error {
+	return func(_ context.Context, _ *backend.Backend, n int) error {
+		c := s[min(n, len(s))-1]
+		switch c {
+		case '+':
+			return nil
+		case '?':
+			return fmt.Errorf("output %q: %w", "garbage", ErrNoVerdict)
+		default:
+			return errDown
+		}
+	}
+}
+
+func TestSchedulerConsecutive(t *testing.T) {
+	type want struct {
+		healthy bool
+		checks  int    // the check that caused it
+		reason  string // substring
+	}
+	tests := []struct {
+		name           string
+		fails, passes  int
+		initial        string
+		results        string
+		transitions    []want
+		healthyAtStart bool
+	}{
+		{"defaults flip at once", 0, 0, "", "-+", []want{{false, 1, "check failed: connection refused"}, {true, 2, "check passed"}}, true},
+		{"fails 3 passes 2", 3, 2, "", "---++", []want{{false, 3, "3 consecutive failures: connection refused"}, {true, 5, "2 consecutive passes"}}, true},
+		{"success resets failures", 3, 1, "", "--+--+---", []want{{false, 9, "3 consecutive failures"}}, true},
+		{"failure resets passes", 1, 3, "", "-++-++-+++", []want{{false, 1, ""}, {true, 10, "3 consecutive passes"}}, true},
+		{"flapping never changes", 3, 3, "", "-+-+-+-+-+-+-+-+-+-+-+-+", nil, true},
+		{"flapping from unhealthy never changes", 3, 3, "unhealthy", "+-+-+-+-+-+-+-+-+-+-+-", nil, false},
+		{"initial unhealthy needs passes", 1, 2, "unhealthy", "-++", []want{{true, 3, "2 consecutive passes"}}, false},
+		{"initial unhealthy passes 1", 1, 1, "unhealthy", "+", []want{{true, 1, "check passed"}}, false},
+		{"initial healthy stays", 1, 1, "healthy", "+", nil, true},
+		{"no verdict changes nothing", 2, 1, "", "-?-", []want{{false, 3, "2 consecutive failures"}}, true},
+		{"no verdict only", 1, 1, "", "?", nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			chk := &fakeChecker{fn: script(tt.results)}
+			chk.Interval = caddy.Duration(4 * time.Millisecond)
+			chk.Fails, chk.Passes, chk.InitialStatus = tt.fails, tt.passes, tt.initial
+			rec := newRecorder(chk)
+			s := NewScheduler(chk, nil, rec.onChange)
+			var logged atomic.Int32
+			s.Log = func(a, msg string) {
+				if a != addr("10.0.0.1") || !strings.Contains(msg, "garbage") {
+					t.Errorf("Log(%q, %q)", a, msg)
+				}
+				logged.Add(1)
+			}
+			defer s.Stop()
+			if got := s.Healthy(addr("10.0.0.1")); got != tt.healthyAtStart {
+				t.Fatalf("Healthy before Update = %v, want %v", got, tt.healthyAtStart)
+			}
+			s.Update(backends("10.0.0.1"))
+			for _, w := range tt.transitions {
+				ev := rec.next(t, 2*time.Second)
+				if ev.addr != addr("10.0.0.1") || ev.healthy != w.healthy || ev.checks != w.checks || !strings.Contains(ev.reason, w.reason) {
+					t.Fatalf("transition %+v, want healthy=%v at check %d with reason containing %q", ev, w.healthy, w.checks, w.reason)
+				}
+				if got := s.Healthy(ev.addr); got != w.healthy {
+					t.Fatalf("Healthy = %v after transition to %v", got, w.healthy)
+				}
+			}
+			// Let the script run out and the last result repeat.
+			for chk.count("10.0.0.1") < len(tt.results)+3 {
+				time.Sleep(2 * time.Millisecond)
+			}
+			rec.none(t, 20*time.Millisecond)
+			if strings.Contains(tt.results, "?") && logged.Load() == 0 {
+				t.Error("no-verdict result was not logged")
+			}
+		})
+	}
+}
+
+func TestSchedulerTimeoutIgnoredContext(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	chk := &fakeChecker{fn: func(ctx context.Context, b *backend.Backend, n int) error {
+		<-release // ignores ctx on purpose
+		return nil
+	}}
+	chk.Interval = caddy.Duration(time.Hour)
+	chk.Timeout = caddy.Duration(50 * time.Millisecond)
+	rec := newRecorder(nil)
+	s := NewScheduler(chk, nil, rec.onChange)
+	start := time.Now()
+	s.Update(backends("10.0.0.2"))
+	ev := rec.next(t, 2*time.Second)
+	took := time.Since(start)
+	if ev.healthy || !strings.Contains(ev.reason, "timed out after 50ms") {
+		t.Fatalf("transition %+v, want down with a timeout reason", ev)
+	}
+	if took < 50*time.Millisecond || took > time.Second {
+		t.Fatalf("timeout enforced after %s, want about 50ms", took)
+	}
+	stopped := make(chan struct{})
+	go func() { s.Stop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Stop hangs on a checker that ignores its context")
+	}
+}
+
+func TestSchedulerDefaultTimeout(t *testing.T) {
+	for _, tt := range []struct {
+		interval, timeout, want time.Duration
+	}{
+		{2 * time.Second, 0, 2 * time.Second},
+		{time.Minute, 0, 5 * time.Second},
+		{time.Minute, 300 * time.Millisecond, 300 * time.Millisecond},
+	} {
+		c := Common{Interval: caddy.Duration(tt.interval), Timeout: caddy.Duration(tt.timeout)}
+		if got := c.timeout(); got != tt.want {
+			t.Errorf("interval %s timeout %s: effective timeout %s, want %s", tt.interval, tt.timeout, got, tt.want)
+		}
+	}
+}
+
+func TestSchedulerInitialStatusUntilFirstVerdict(t *testing.T) {
+	for _, initial := range []string{"healthy", "unhealthy"} {
+		t.Run(initial, func(t *testing.T) {
+			gate := make(chan struct{})
+			chk := &fakeChecker{fn: func(ctx context.Context, b *backend.Backend, n int) error {
+				<-gate
+				if initial == "healthy" {
+					return errDown
+				}
+				return nil
+			}}
+			chk.Interval = caddy.Duration(time.Hour)
+			chk.InitialStatus = initial
+			rec := newRecorder(nil)
+			s := NewScheduler(chk, nil, rec.onChange)
+			defer s.Stop()
+			s.Update(backends("10.0.0.3"))
+			want := initial == "healthy"
+			time.Sleep(10 * time.Millisecond)
+			if got := s.Healthy(addr("10.0.0.3")); got != want {
+				t.Fatalf("Healthy before the first verdict = %v, want %v", got, want)
+			}
+			close(gate)
+			ev := rec.next(t, 2*time.Second)
+			if ev.healthy == want || s.Healthy(addr("10.0.0.3")) == want {
+				t.Fatalf("first verdict did not flip the initial status: %+v", ev)
+			}
+		})
+	}
+}
+
+func TestSchedulerUpdate(t *testing.T) {
+	chk := &fakeChecker{fn: func(ctx context.Context, b *backend.Backend, n int) error {
+		if b.Host == "10.0.0.2" {
+			return errDown
+		}
+		return nil
+	}}
+	chk.Interval = caddy.Duration(5 * time.Millisecond)
+	chk.Port = 8080
+	rec := newRecorder(nil)
+	s := NewScheduler(chk, nil, rec.onChange)
+	defer s.Stop()
+
+	s.Update(backends("10.0.0.1", "10.0.0.2"))
+	ev := rec.next(t, 2*time.Second)
+	if ev.addr != addr("10.0.0.2") || ev.healthy {
+		t.Fatalf("transition %+v, want 10.0.0.2:80 down (identity keeps the backend's own port)", ev)
+	}
+	if p := chk.port("10.0.0.1"); p != "8080" {
+		t.Fatalf("checker got port %q, want the port setting 8080", p)
+	}
+
+	// Removing 10.0.0.2 stops its checks and forgets its state.
+	s.Update(backends("10.0.0.1"))
+	time.Sleep(10 * time.Millisecond) // a check in flight may still finish
+	n := chk.count("10.0.0.2")
+	time.Sleep(30 * time.Millisecond)
+	if m := chk.count("10.0.0.2"); m != n {
+		t.Fatalf("removed backend still checked: %d -> %d checks", n, m)
+	}
+	if !s.Healthy(addr("10.0.0.2")) {
+		t.Fatal("removed backend kept its unhealthy state")
+	}
+	rec.none(t, 10*time.Millisecond)
+
+	// Adding it back starts afresh: initial status, then a new transition.
+	s.Update(backends("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+	ev = rec.next(t, 2*time.Second)
+	if ev.addr != addr("10.0.0.2") || ev.healthy {
+		t.Fatalf("transition %+v, want 10.0.0.2:80 down again", ev)
+	}
+	for chk.count("10.0.0.3") < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	rec.none(t, 20*time.Millisecond)
+
+	// An empty list stops everything.
+	s.Update(nil)
+	time.Sleep(10 * time.Millisecond)
+	n1, n3 := chk.count("10.0.0.1"), chk.count("10.0.0.3")
+	time.Sleep(30 * time.Millisecond)
+	if chk.count("10.0.0.1") != n1 || chk.count("10.0.0.3") != n3 {
+		t.Fatal("backends still checked after Update(nil)")
+	}
+}
+
+func TestSchedulerJitter(t *testing.T) {
+	const n = 200
+	interval := 200 * time.Millisecond
+	var mu sync.Mutex
+	second := make([]time.Time, 0, n)
+	chk := &fakeChecker{fn: func(ctx context.Context, b *backend.Backend, k int) error {
+		if k == 2 {
+			mu.Lock()
+			second = append(second, time.Now())
+			mu.Unlock()
+		}
+		return nil
+	}}
+	chk.Interval = caddy.Duration(interval)
+	s := NewScheduler(chk, nil, nil)
+	hosts := make([]string, n)
+	for i := range hosts {
+		hosts[i] = "10.1.0." + strconv.Itoa(i)
+	}
+	start := time.Now()
+	s.Update(backends(hosts...))
+	time.Sleep(interval + interval/10 + interval/20 + 100*time.Millisecond)
+	s.Stop()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(second) != n {
+		t.Fatalf("%d second checks, want %d", len(second), n)
+	}
+	lo, hi := second[0], second[0]
+	for _, at := range second {
+		if d := at.Sub(start); d < interval*95/100 {
+			t.Fatalf("second check after %s, want at least 95%% of the interval", d)
+		}
+		if at.Before(lo) {
+			lo = at
+		}
+		if at.After(hi) {
+			hi = at
+		}
+	}
+	if spread := hi.Sub(lo); spread < interval/20 {
+		t.Fatalf("second checks of %d backends spread over %s only", n, spread)
+	}
+}
+
+func TestSchedulerPassive(t *testing.T) {
+	t.Run("max_fails within fail_duration, recovery after fail_duration", func(t *testing.T) {
+		rec := newRecorder(nil)
+		s := NewScheduler(nil, &Passive{MaxFails: 3, FailDuration: caddy.Duration(150 * time.Millisecond)}, rec.onChange)
+		defer s.Stop()
+		a := addr("10.0.0.1")
+		s.Update(backends("10.0.0.1", "10.0.0.9"))
+		s.DialFailed(a)
+		s.DialFailed(a)
+		s.DialSucceeded(a) // clears the count
+		s.DialFailed(a)
+		s.DialFailed(a)
+		s.DialFailed("10.9.9.9:80") // unknown: ignored
+		rec.none(t, 10*time.Millisecond)
+		if !s.Healthy(a) {
+			t.Fatal("down before max_fails")
+		}
+		start := time.Now()
+		s.DialFailed(a)
+		ev := rec.next(t, time.Second)
+		if ev.addr != a || ev.healthy || !strings.Contains(ev.reason, "passive: 3 failed dials within 150ms") {
+			t.Fatalf("transition %+v, want passive down", ev)
+		}
+		if s.Healthy(a) || !s.Healthy(addr("10.0.0.9")) {
+			t.Fatal("Healthy does not reflect the passive mark-down")
+		}
+		s.DialFailed(a) // already down: ignored
+		ev = rec.next(t, time.Second)
+		if took := time.Since(start); ev.addr != a || !ev.healthy || took < 150*time.Millisecond || !strings.Contains(ev.reason, "fail_duration 150ms elapsed") {
+			t.Fatalf("transition %+v after %s, want up after fail_duration", ev, took)
+		}
+		rec.none(t, 20*time.Millisecond)
+	})
+	t.Run("failures older than fail_duration do not count", func(t *testing.T) {
+		rec := newRecorder(nil)
+		s := NewScheduler(nil, &Passive{MaxFails: 2, FailDuration: caddy.Duration(40 * time.Millisecond)}, rec.onChange)
+		defer s.Stop()
+		a := addr("10.0.0.1")
+		s.Update(backends("10.0.0.1"))
+		s.DialFailed(a)
+		time.Sleep(60 * time.Millisecond)
+		s.DialFailed(a)
+		rec.none(t, 10*time.Millisecond)
+		s.DialFailed(a)
+		if ev := rec.next(t, time.Second); ev.healthy {
+			t.Fatalf("transition %+v, want down", ev)
+		}
+	})
+	t.Run("recovery through the active check respects passes", func(t *testing.T) {
+		chk := &fakeChecker{fn: script("+")}
+		chk.Interval = caddy.Duration(20 * time.Millisecond)
+		chk.Passes = 3
+		rec := newRecorder(chk)
+		s := NewScheduler(chk, &Passive{MaxFails: 1, FailDuration: caddy.Duration(time.Hour)}, rec.onChange)
+		defer s.Stop()
+		a := addr("10.0.0.1")
+		s.Update(backends("10.0.0.1"))
+		for chk.count("10.0.0.1") < 1 {
+			time.Sleep(time.Millisecond)
+		}
+		s.DialFailed(a)
+		ev := rec.next(t, time.Second)
+		if ev.healthy || !strings.Contains(ev.reason, "passive") {
+			t.Fatalf("transition %+v, want passive down", ev)
+		}
+		before := ev.checks
+		ev = rec.next(t, 2*time.Second)
+		if !ev.healthy || !strings.Contains(ev.reason, "3 consecutive passes") || ev.checks-before < 3 {
+			t.Fatalf("transition %+v (down at check %d), want up after 3 more passes", ev, before)
+		}
+	})
+	t.Run("disabled", func(t *testing.T) {
+		for _, p := range []*Passive{nil, {MaxFails: 0}} {
+			rec := newRecorder(nil)
+			s := NewScheduler(nil, p, rec.onChange)
+			s.Update(backends("10.0.0.1"))
+			for range 10 {
+				s.DialFailed(addr("10.0.0.1"))
+			}
+			s.DialSucceeded(addr("10.0.0.1"))
+			rec.none(t, 10*time.Millisecond)
+			if !s.Healthy(addr("10.0.0.1")) {
+				t.Fatal("no checker: not healthy")
+			}
+			s.Stop()
+		}
+	})
+	t.Run("removal cancels the recovery timer", func(t *testing.T) {
+		rec := newRecorder(nil)
+		s := NewScheduler(nil, &Passive{MaxFails: 1, FailDuration: caddy.Duration(30 * time.Millisecond)}, rec.onChange)
+		s.Update(backends("10.0.0.1"))
+		s.DialFailed(addr("10.0.0.1"))
+		rec.next(t, time.Second)
+		s.Update(nil)
+		rec.none(t, 60*time.Millisecond)
+		s.Stop()
+	})
+}
+
+// TestSchedulerConcurrent hammers every method at once (run with -race) and
+// checks that the transitions of each backend alternate, i.e. are delivered
+// exactly once and in order.
+func TestSchedulerConcurrent(t *testing.T) {
+	chk := &fakeChecker{fn: func(ctx context.Context, b *backend.Backend, n int) error {
+		if rand.IntN(3) == 0 {
+			return errDown
+		}
+		return nil
+	}}
+	chk.Interval = caddy.Duration(time.Millisecond)
+	chk.Fails, chk.Passes = 1, 1
+	var mu sync.Mutex
+	last := map[string]bool{}
+	var transitions atomic.Int64
+	var s *Scheduler
+	s = NewScheduler(chk, &Passive{MaxFails: 2, FailDuration: caddy.Duration(time.Second)}, func(a string, healthy bool, reason string) {
+		_ = s.Healthy(a) // allowed: no locks are held
+		mu.Lock()
+		defer mu.Unlock()
+		prev, seen := last[a]
+		if !seen {
+			prev = true
+		}
+		if prev == healthy {
+			t.Errorf("%s: transition to %v twice in a row (%s)", a, healthy, reason)
+		}
+		last[a] = healthy
+		transitions.Add(1)
+	})
+	hosts := []string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"}
+	s.Update(backends(hosts...))
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for i := range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				a := addr(hosts[rand.IntN(len(hosts))])
+				switch rand.IntN(4) {
+				case 0:
+					s.DialSucceeded(a)
+				case 1:
+					_ = s.Healthy(a)
+				default:
+					s.DialFailed(a)
+				}
+				if i == 0 && rand.IntN(50) == 0 {
+					s.Update(backends(hosts...)) // same set: keeps state
+				}
+				runtime.Gosched()
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	s.Stop()
+	if transitions.Load() < 10 {
+		t.Fatalf("only %d transitions", transitions.Load())
+	}
+	after := transitions.Load()
+	time.Sleep(20 * time.Millisecond)
+	if transitions.Load() != after {
+		t.Fatal("onChange called after Stop returned")
+	}
+}
+
+func TestSchedulerStopEndsGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	chk := &fakeChecker{fn: func(ctx context.Context, b *backend.Backend, n int) error {
+		<-ctx.Done() // a well-behaved, slow checker
+		return ctx.Err()
+	}}
+	chk.Interval = caddy.Duration(time.Millisecond)
+	chk.Timeout = caddy.Duration(time.Hour)
+	s := NewScheduler(chk, &Passive{MaxFails: 1}, nil)
+	hosts := make([]string, 50)
+	for i := range hosts {
+		hosts[i] = "10.2.0." + strconv.Itoa(i)
+	}
+	s.Update(backends(hosts...))
+	s.DialFailed(addr(hosts[0]))
+	time.Sleep(10 * time.Millisecond)
+	s.Stop()
+	s.Update(backends(hosts...)) // no-op after Stop
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if g := runtime.NumGoroutine(); g > before {
+		t.Fatalf("%d goroutines after Stop, %d before", g, before)
+	}
+}
+
+func TestSchedulerNoChecker(t *testing.T) {
+	s := NewScheduler(nil, nil, nil)
+	s.Update(backends("10.0.0.1"))
+	if !s.Healthy(addr("10.0.0.1")) || !s.Healthy("unknown:1") {
+		t.Fatal("without a checker every backend is healthy")
+	}
+	s.Stop()
+	s.Stop() // idempotent
+}
+
+func TestSchedulerCheckerPanic(t *testing.T) {
+	chk := &fakeChecker{fn: func(context.Context, *backend.Backend, int) error { panic("boom") }}
+	chk.Interval = caddy.Duration(time.Hour)
+	rec := newRecorder(nil)
+	s := NewScheduler(chk, nil, rec.onChange)
+	defer s.Stop()
+	s.Update(backends("10.0.0.1"))
+	if ev := rec.next(t, time.Second); ev.healthy || !strings.Contains(ev.reason, "panic: boom") {
+		t.Fatalf("transition %+v, want down with the panic", ev)
+	}
+}
