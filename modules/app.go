@@ -46,16 +46,16 @@ func (a *App) UnmarshalJSON(data []byte) error {
 		Servers map[string]json.RawMessage `json:"servers,omitempty"`
 	}
 	if err := decodeStrict(data, &raw); err != nil {
-		return fmt.Errorf("between: %w", err)
+		return err
 	}
 	a.Servers = make(map[string]*Server, len(raw.Servers))
 	for name, r := range raw.Servers {
 		if name == "" {
-			return fmt.Errorf("between: a server name must not be empty")
+			return fmt.Errorf("servers: a server name must not be empty")
 		}
 		s := new(Server)
 		if err := decodeStrict(r, s); err != nil {
-			return fmt.Errorf("between: server %q: %w", name, err)
+			return fmt.Errorf("server %q: %w", name, err)
 		}
 		var compact bytes.Buffer
 		if err := json.Compact(&compact, r); err == nil {
