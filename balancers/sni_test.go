@@ -151,6 +151,9 @@ func TestSNIUnprepared(t *testing.T) {
 
 func TestSNIPrepareAndMatchDoNotAllocate(t *testing.T) {
 	for _, strategy := range []string{"exact", "regexp"} {
+		if strategy == "regexp" && raceEnabled {
+			continue // regexp's machine pool is a sync.Pool
+		}
 		pool := mkPool(t, `10.0.0.1:443 sni=^db\.internal$`, `10.0.0.2:443 sni=db.internal`, "10.0.0.3:443", `10.0.0.4:443 sni=^api\.test$`)
 		f, _ := NewSNIFilter(strategy, "default")
 		rr := new(RoundRobin)
@@ -197,4 +200,3 @@ func TestSNIConcurrentRegexpCache(t *testing.T) {
 		t.Errorf("cache holds %v patterns, want 25", m)
 	}
 }
-

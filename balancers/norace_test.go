@@ -1,0 +1,5 @@
+//go:build !race
+
+package balancers
+
+const raceEnabled = false
