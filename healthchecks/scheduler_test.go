@@ -290,7 +290,7 @@ func TestSchedulerUpdate(t *testing.T) {
 	if ev.addr != addr("10.0.0.2") || ev.healthy {
 		t.Fatalf("transition %+v, want 10.0.0.2:80 down (identity keeps the backend's own port)", ev)
 	}
-	if p := chk.port("10.0.0.1"); p != "8080" {
+	if p := chk.port("10.0.0.2"); p != "8080" {
 		t.Fatalf("checker got port %q, want the port setting 8080", p)
 	}
 
