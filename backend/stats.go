@@ -13,6 +13,9 @@ const rateSlots = 5
 // RateInterval is how often Sample should be called for the rates to be exact.
 const RateInterval = 500 * time.Millisecond
 
+// rateWindow is the longest span the per-second rates average over.
+const rateWindow = 2 * time.Second
+
 // Stats are live counters of a backend or a server. All methods are safe for
 // concurrent use; the byte counters are updated while data flows.
 // Rx counts bytes from the backend to the client, Tx from the client to the backend.
@@ -86,10 +89,20 @@ func (s *Stats) Sample(now time.Time) {
 	defer s.mu.Unlock()
 	cur := sample{at: now, rx: s.rx.Load(), tx: s.tx.Load()}
 	if s.filled > 0 {
-		oldest := s.samples[(s.next-s.filled+rateSlots)%rateSlots]
-		if d := now.Sub(oldest.at).Seconds(); d > 0 {
-			s.rxRate.Store(uint64(float64(cur.rx-oldest.rx) / d))
-			s.txRate.Store(uint64(float64(cur.tx-oldest.tx) / d))
+		// The base is the oldest sample at most rateWindow old, so the window
+		// stays within 2 s even when Sample is called less regularly than
+		// RateInterval; if every sample is older, the newest one is the base.
+		base := s.samples[(s.next-1+rateSlots)%rateSlots]
+		for i := s.filled; i > 0; i-- {
+			c := s.samples[(s.next-i+rateSlots)%rateSlots]
+			if now.Sub(c.at) <= rateWindow {
+				base = c
+				break
+			}
+		}
+		if d := now.Sub(base.at).Seconds(); d > 0 {
+			s.rxRate.Store(uint64(float64(cur.rx-base.rx) / d))
+			s.txRate.Store(uint64(float64(cur.tx-base.tx) / d))
 		}
 	}
 	s.samples[s.next] = cur

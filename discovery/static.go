@@ -76,7 +76,9 @@ func (s *Static) Fetch(context.Context) ([]backend.Backend, error) {
 func (s *Static) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // kind
 	s.StaticList = append(s.StaticList, d.RemainingArgs()...)
-	for d.NextBlock(d.Nesting()) {
+	// The nesting must be taken once: d.Nesting() grows inside the block,
+	// and NextBlock with the inner level ends the loop after one line.
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch d.Val() {
 		case "list", "static_list":
 			args := d.RemainingArgs()

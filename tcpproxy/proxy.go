@@ -59,6 +59,13 @@ func Proxy(client, backend net.Conn, o Options) Result {
 	ch := make(chan done, 1)
 	go func() {
 		n, idle, err := s.copy(backend, client, o.ClientIdle, o.BackendIdle, o.OnTx)
+		if idle || err != nil {
+			// Unblock the other direction: without this a client that
+			// resets while the backend is silent would leave the session
+			// (and the backend connection) open until the backend speaks.
+			client.Close()
+			backend.Close()
+		}
 		ch <- done{n, idle, err}
 	}()
 	rx, idle, err := s.copy(client, backend, o.BackendIdle, o.ClientIdle, o.OnRx)
@@ -178,6 +185,10 @@ func (s *session) generic(dst, src net.Conn) (int64, bool, error) {
 	return n, false, nil
 }
 
+// isClosed reports errors that mean "this side was closed" rather than a
+// failure. io.ErrClosedPipe is what a net.Pipe (and other in-memory conns)
+// report after the generic path closed them on the other direction's EOF.
 func isClosed(err error) bool {
-	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded)
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrClosedPipe) || errors.Is(err, os.ErrDeadlineExceeded)
 }
