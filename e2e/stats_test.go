@@ -108,6 +108,17 @@ func TestStatsLiveAndAcrossReload(t *testing.T) {
 		return s.Rx == 60*1024 && s.Active == 0 && s.Backends[0].Stats.Rx == 60*1024 && s.Backends[0].Stats.Total == 1
 	})
 
+	// a changed server takes the counters over too
+	changed := staticServer(addr, slow.addr)
+	changed["max_connections"] = 10
+	if code, body := c.load(between(map[string]any{"stats": changed})); code != 200 {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+	waitFor(t, 2*time.Second, "the changed server's stats", func() bool {
+		s := c.stats(t, "stats")
+		return len(s.Backends) == 1 && s.Total == 1 && s.Rx == 60*1024 && s.Backends[0].Stats.Total == 1
+	})
+
 	resp, err := http.Get("http://" + c.admin + "/between/servers/nosuch/stats")
 	if err != nil {
 		t.Fatal(err)

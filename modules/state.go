@@ -21,11 +21,24 @@ import (
 // carry over without a gap.
 var states = caddy.NewUsagePool()
 
+// latest maps a server name to its most recently created state. A changed
+// server's new state takes over the counters of the previous one (server
+// totals and the stats of backends it still has), so statistics and metrics
+// do not fall back to zero when a server's config is edited.
+var (
+	latestMu sync.Mutex
+	latest   = map[string]*serverState{}
+)
+
 // serverState is the part of a server that outlives one config load.
 type serverState struct {
 	name   string
 	logger *zap.Logger
-	stats  backend.Stats
+	stats  *backend.Stats // server totals, shared with the state this one replaced
+
+	// inherited are the backend stats of the state this one replaced, by
+	// address, handed to the same backends when discovery finds them.
+	inherited map[string]*backend.Stats
 
 	source discovery.Configured
 	health healthTracker
@@ -71,11 +84,31 @@ func newServerState(s *Server) *serverState {
 	empty := []*backend.Backend{}
 	st.pool.Store(&empty)
 	st.health = newHealth(s, st)
+
+	latestMu.Lock()
+	prev := latest[s.name]
+	latest[s.name] = st
+	latestMu.Unlock()
+	st.stats = new(backend.Stats)
+	if prev != nil {
+		st.stats = prev.stats
+		prev.mu.Lock()
+		st.inherited = make(map[string]*backend.Stats, len(prev.discovered))
+		for addr, b := range prev.discovered {
+			st.inherited[addr] = b.Stats
+		}
+		prev.mu.Unlock()
+	}
 	return st
 }
 
 // Destruct stops the state's goroutines when the last config using it is gone.
 func (st *serverState) Destruct() error {
+	latestMu.Lock()
+	if latest[st.name] == st {
+		delete(latest, st.name)
+	}
+	latestMu.Unlock()
 	if st.cancel != nil {
 		st.cancel()
 	}
@@ -153,7 +186,10 @@ func (st *serverState) setDiscovered(list []backend.Backend) {
 			}
 			nb.Stats = old.Stats
 		} else {
-			nb.Stats = new(backend.Stats)
+			nb.Stats = st.inherited[addr]
+			if nb.Stats == nil {
+				nb.Stats = new(backend.Stats)
+			}
 			added++
 		}
 		next[addr] = &nb
