@@ -39,7 +39,6 @@ func (s *Server) serveTCP(conn net.Conn) {
 	var prefix []byte
 	if s.sniFilter != nil {
 		client.SNI, prefix = s.peekSNI(conn)
-		client.Match = s.sniFilter.Match
 	}
 
 	st.awaitDiscovery()
@@ -84,6 +83,9 @@ func (s *Server) admit() bool {
 func (s *Server) connect(c *balancers.Client) (*backend.Backend, net.Conn, error) {
 	st := s.state
 	pool := *st.pool.Load()
+	if s.sniFilter != nil {
+		s.sniFilter.Prepare(c, pool)
+	}
 	failures := 0
 	var lastErr error
 	// each loop either dials or skips a backend, so it ends within len(pool)+retries+1 turns

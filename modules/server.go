@@ -72,7 +72,7 @@ type Server struct {
 	logger    *zap.Logger
 	releases  []func()
 	dialer    net.Dialer
-	sniFilter sniFilter
+	sniFilter *balancers.SNIFilter
 }
 
 // SNIConfig configures SNI routing for a server.
