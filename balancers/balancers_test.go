@@ -113,6 +113,8 @@ func TestWeightShares(t *testing.T) {
 			map[string]float64{"10.0.0.2:80": 1}},
 		{"all zero: uniform", []string{"10.0.0.1:80 weight=0", "10.0.0.2:80 weight=0"},
 			map[string]float64{"10.0.0.1:80": 0.5, "10.0.0.2:80": 0.5}},
+		{"zero weights at both ends", []string{"10.0.0.1:80 weight=0", "10.0.0.2:80 weight=1", "10.0.0.3:80 weight=0", "10.0.0.4:80 weight=1", "10.0.0.5:80 weight=0"},
+			map[string]float64{"10.0.0.2:80": 0.5, "10.0.0.4:80": 0.5}},
 		{"other priority group ignored", []string{"10.0.0.1:80 weight=1", "10.0.0.2:80 weight=3", "10.0.0.3:80 weight=100 priority=2"},
 			map[string]float64{"10.0.0.1:80": 0.25, "10.0.0.2:80": 0.75}},
 	}
@@ -120,15 +122,27 @@ func TestWeightShares(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pool := mkPool(t, tt.lines...)
-			got := count(t, &Weight{rand: seeded(42)}, pool, n, clientN)
-			for addr, c := range got {
-				if _, ok := tt.want[addr]; !ok {
-					t.Errorf("%s picked %d times, want never", addr, c)
+			// The binary search over cumulative weights (everything eligible)
+			// and the scan (a filter present) must agree.
+			for _, path := range []string{"binary search", "scan"} {
+				mkClient := clientN
+				if path == "scan" {
+					mkClient = func(i int) *Client {
+						c := clientN(i)
+						c.Match = func(*Client, *backend.Backend) bool { return true }
+						return c
+					}
 				}
-			}
-			for addr, share := range tt.want {
-				if s := float64(got[addr]) / n; s < share-0.02 || s > share+0.02 {
-					t.Errorf("%s got %.2f%% of %d elections, want %.0f%% ± 2%%", addr, 100*s, n, 100*share)
+				got := count(t, &Weight{rand: seeded(42)}, pool, n, mkClient)
+				for addr, c := range got {
+					if _, ok := tt.want[addr]; !ok {
+						t.Errorf("%s: %s picked %d times, want never", path, addr, c)
+					}
+				}
+				for addr, share := range tt.want {
+					if s := float64(got[addr]) / n; s < share-0.02 || s > share+0.02 {
+						t.Errorf("%s: %s got %.2f%% of %d elections, want %.0f%% ± 2%%", path, addr, 100*s, n, 100*share)
+					}
 				}
 			}
 		})
@@ -698,6 +712,28 @@ func TestElectDoesNotAllocate(t *testing.T) {
 				}
 			}); a != 0 {
 				t.Errorf("%s/%d: %v allocations per Elect", p.name, n, a)
+			}
+		}
+	}
+}
+
+func TestDrawCumulativeMatchesScan(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 5))
+	for range 200 {
+		n := 1 + r.IntN(12)
+		group := make([]*backend.Backend, n)
+		cum := make([]uint64, n+1)
+		for i := range group {
+			group[i] = &backend.Backend{Weight: r.IntN(4), Stats: &backend.Stats{}}
+			cum[i+1] = cum[i] + uint64(group[i].Weight)
+		}
+		sum := cum[n]
+		for v := range max(sum, uint64(n)) {
+			fixed := func() uint64 { return v }
+			got := group[drawCumulative(cum, 0, n, fixed)]
+			want := weighted(&Client{}, group, fixed)
+			if got != want {
+				t.Fatalf("weights %v, draw %d: binary search picked a different backend than the scan", cum, v)
 			}
 		}
 	}

@@ -21,6 +21,9 @@ type snapshotInfo struct {
 	limited bool
 	// addrHash[i] is the hash of pool[i].Address() (rendezvous hashing).
 	addrHash []uint64
+	// cumWeight[i] is the sum of the weights of pool[:i] (len(pool)+1
+	// entries), for a weighted draw by binary search.
+	cumWeight []uint64
 }
 
 // snapshotCache remembers the snapshotInfo of the last pool a policy saw. A
@@ -30,17 +33,29 @@ type snapshotCache struct {
 	p atomic.Pointer[snapshotInfo]
 }
 
+// allEligible reports whether every backend of pool is eligible for c without
+// looking at them: no filter, nothing tried, no max_connections anywhere.
+func (si *snapshotInfo) allEligible(c *Client) bool {
+	return c.Match == nil && len(c.Skip) == 0 && !si.limited
+}
+
 // get returns the facts about pool (which must not be empty).
 func (sc *snapshotCache) get(pool []*backend.Backend) *snapshotInfo {
 	if si := sc.p.Load(); si != nil && si.key == &pool[0] && si.n == len(pool) {
 		return si
 	}
-	si := &snapshotInfo{key: &pool[0], n: len(pool), addrHash: make([]uint64, len(pool))}
+	si := &snapshotInfo{
+		key:       &pool[0],
+		n:         len(pool),
+		addrHash:  make([]uint64, len(pool)),
+		cumWeight: make([]uint64, len(pool)+1),
+	}
 	for i, b := range pool {
 		if b.MaxConnections > 0 {
 			si.limited = true
 		}
 		si.addrHash[i] = stringHash(b.Address())
+		si.cumWeight[i+1] = si.cumWeight[i] + uint64(max(b.Weight, 0))
 	}
 	sc.p.Store(si)
 	return si

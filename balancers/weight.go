@@ -9,7 +9,7 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(Weight{})
+	caddy.RegisterModule(new(Weight))
 }
 
 // Weight is the default policy: a weighted random choice (RFC 2782) among the
@@ -26,19 +26,24 @@ type Weight struct {
 	// rand is the random source; nil means math/rand/v2. Tests set it to a
 	// seeded generator.
 	rand func() uint64
+
+	snap snapshotCache
 }
 
 // CaddyModule returns the Caddy module information.
-func (Weight) CaddyModule() caddy.ModuleInfo {
+func (*Weight) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "between.balancers.weight",
 		New: func() caddy.Module { return new(Weight) },
 	}
 }
 
-// Elect implements Balancer. It scans the group twice: O(group size).
-func (w Weight) Elect(c *Client, pool []*backend.Backend) (*backend.Backend, error) {
-	_, hi, first, err := group(c, pool)
+// Elect implements Balancer. When every member is eligible (no
+// max_connections, no SNI filter, first try) it draws by binary search over
+// the cumulative weights of the pool snapshot: O(log n). Otherwise it scans
+// the group twice: O(group size).
+func (w *Weight) Elect(c *Client, pool []*backend.Backend) (*backend.Backend, error) {
+	lo, hi, first, err := group(c, pool)
 	if err != nil {
 		return nil, err
 	}
@@ -46,11 +51,37 @@ func (w Weight) Elect(c *Client, pool []*backend.Backend) (*backend.Backend, err
 	if rnd == nil {
 		rnd = rand.Uint64
 	}
+	if si := w.snap.get(pool); si.allEligible(c) {
+		return pool[drawCumulative(si.cumWeight, lo, hi, rnd)], nil
+	}
 	if b := weighted(c, pool[first:hi], rnd); b != nil {
 		return b, nil
 	}
 	// every member filled up since group looked
 	return nil, ErrAllFull
+}
+
+// drawCumulative picks an index in [lo, hi) with probability proportional to
+// its weight, given cum[i] = sum of the weights before i; uniformly when the
+// group's weights are all 0. A weight-0 member is never picked otherwise,
+// because it adds nothing to the running sum.
+func drawCumulative(cum []uint64, lo, hi int, rnd func() uint64) int {
+	sum := cum[hi] - cum[lo]
+	if sum == 0 {
+		return lo + int(rnd()%uint64(hi-lo))
+	}
+	target := cum[lo] + rnd()%sum
+	// first i in [lo, hi) with cum[i+1] > target
+	i, j := lo, hi-1
+	for i < j {
+		h := int(uint(i+j) >> 1)
+		if cum[h+1] > target {
+			j = h
+		} else {
+			i = h + 1
+		}
+	}
+	return i
 }
 
 // weighted picks from group by weight, using rnd as the random source. It
