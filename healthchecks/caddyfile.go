@@ -64,7 +64,7 @@ func (p *Passive) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	for d.NextBlock(d.Nesting()) {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
 		var v string
 		if !d.Args(&v) {

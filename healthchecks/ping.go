@@ -68,7 +68,7 @@ func (p *Ping) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	for d.NextBlock(d.Nesting()) {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		if err := p.UnmarshalCommon(d); err != nil {
 			return err
 		}

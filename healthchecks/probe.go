@@ -123,7 +123,13 @@ func (p *Probe) Check(ctx context.Context, b *backend.Backend) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	// The deadline gives "i/o timeout" errors that say which step hung; a
+	// cancellation without deadline still has to interrupt the I/O.
+	stop := context.AfterFunc(ctx, func() {
+		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			conn.Close()
+		}
+	})
 	defer stop()
 
 	if len(p.send) > 0 {
@@ -243,7 +249,7 @@ func (p *Probe) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	for d.NextBlock(d.Nesting()) {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
 		var dst *string
 		switch name {

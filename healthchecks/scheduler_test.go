@@ -160,6 +160,7 @@ func TestSchedulerConsecutive(t *testing.T) {
 			t.Parallel()
 			chk := &fakeChecker{fn: script(tt.results)}
 			chk.Interval = caddy.Duration(4 * time.Millisecond)
+			chk.Timeout = caddy.Duration(time.Second) // the fake answers at once; do not flake under -race
 			chk.Fails, chk.Passes, chk.InitialStatus = tt.fails, tt.passes, tt.initial
 			rec := newRecorder(chk)
 			s := NewScheduler(chk, nil, rec.onChange)
@@ -280,6 +281,7 @@ func TestSchedulerUpdate(t *testing.T) {
 		return nil
 	}}
 	chk.Interval = caddy.Duration(5 * time.Millisecond)
+	chk.Timeout = caddy.Duration(time.Second)
 	chk.Port = 8080
 	rec := newRecorder(nil)
 	s := NewScheduler(chk, nil, rec.onChange)
@@ -424,6 +426,7 @@ func TestSchedulerPassive(t *testing.T) {
 	t.Run("recovery through the active check respects passes", func(t *testing.T) {
 		chk := &fakeChecker{fn: script("+")}
 		chk.Interval = caddy.Duration(20 * time.Millisecond)
+		chk.Timeout = caddy.Duration(time.Second)
 		chk.Passes = 3
 		rec := newRecorder(chk)
 		s := NewScheduler(chk, &Passive{MaxFails: 1, FailDuration: caddy.Duration(time.Hour)}, rec.onChange)
@@ -483,6 +486,7 @@ func TestSchedulerConcurrent(t *testing.T) {
 		return nil
 	}}
 	chk.Interval = caddy.Duration(time.Millisecond)
+	chk.Timeout = caddy.Duration(time.Second)
 	chk.Fails, chk.Passes = 1, 1
 	var mu sync.Mutex
 	last := map[string]bool{}
