@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
 )
 
@@ -29,6 +30,7 @@ type App struct {
 
 	ctx    caddy.Context
 	logger *zap.Logger
+	events *caddyevents.App
 }
 
 // CaddyModule returns the Caddy module information.
@@ -72,6 +74,13 @@ func (a *App) UnmarshalJSON(data []byte) error {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
+	if len(a.Servers) > 0 {
+		ev, err := ctx.App("events")
+		if err != nil {
+			return fmt.Errorf("loading the events app: %w", err)
+		}
+		a.events = ev.(*caddyevents.App)
+	}
 	seen := map[string]string{}
 	for _, name := range a.names() {
 		s := a.Servers[name]
@@ -112,6 +121,7 @@ func (a *App) names() []string {
 func (a *App) Start() error {
 	for _, name := range a.names() {
 		s := a.Servers[name]
+		s.state.events.Store(&eventSink{ctx: a.ctx, app: a.events})
 		s.state.start()
 		for _, na := range s.addrs {
 			for i := uint(0); i < max(na.PortRangeSize(), 1); i++ {

@@ -1,10 +1,26 @@
 package modules
 
-import "github.com/caddy-between/between/backend"
+import (
+	"github.com/caddy-between/between/backend"
+	"github.com/caddy-between/between/healthchecks"
+	"go.uber.org/zap"
+)
 
-// newHealth builds the health tracker of a server state.
+// newHealth builds the health tracker of a server state: the scheduler of
+// its active check and passive health, or allHealthy when it has neither.
 func newHealth(s *Server, st *serverState) healthTracker {
-	return allHealthy{}
+	passive := s.PassiveHealth
+	if passive != nil && passive.MaxFails == 0 {
+		passive = nil
+	}
+	if s.checker == nil && passive == nil {
+		return allHealthy{}
+	}
+	sch := healthchecks.NewScheduler(s.checker, passive, st.healthChanged)
+	sch.Log = func(addr, msg string) {
+		st.logger.Info("health check gave no verdict", zap.String("backend", addr), zap.String("detail", msg))
+	}
+	return sch
 }
 
 // allHealthy is the tracker of a server without health checks.

@@ -197,6 +197,11 @@ func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) e
 		if err := chk.Settings().ValidateCommon(); err != nil {
 			return fmt.Errorf("healthcheck: %w", err)
 		}
+		if v, ok := chk.(interface{ ValidateProtocol(string) error }); ok {
+			if err := v.ValidateProtocol(s.Protocol); err != nil {
+				return fmt.Errorf("healthcheck: %w", err)
+			}
+		}
 		s.checker = chk
 	}
 	if p := s.PassiveHealth; p != nil {

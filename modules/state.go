@@ -12,6 +12,7 @@ import (
 	"github.com/caddy-between/between/backend"
 	"github.com/caddy-between/between/discovery"
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
 )
 
@@ -58,6 +59,10 @@ type serverState struct {
 	firstWait time.Duration
 
 	conns sync.Map // net.Conn -> struct{}: open client connections, for draining
+
+	// events is where backend and discovery events go: the events app of the
+	// newest config that started this state.
+	events atomic.Pointer[eventSink]
 
 	startOnce sync.Once
 	cancel    context.CancelFunc
@@ -204,6 +209,7 @@ func (st *serverState) setDiscovered(list []backend.Backend) {
 	st.mu.Unlock()
 	if added > 0 || removed > 0 {
 		st.logger.Info("backends discovered", zap.Int("count", len(backends)), zap.Int("added", added), zap.Int("removed", removed))
+		st.emit("between.discovery_updated", map[string]any{"server": st.name, "count": len(backends), "added": added, "removed": removed})
 	}
 	st.health.Update(backends)
 	st.rebuild()
@@ -239,12 +245,26 @@ func (st *serverState) rebuild() {
 
 // healthChanged is called by health checking on every transition.
 func (st *serverState) healthChanged(addr string, healthy bool, reason string) {
-	from, to := "up", "down"
+	from, to, event := "up", "down", "between.backend_down"
 	if healthy {
-		from, to = "down", "up"
+		from, to, event = "down", "up", "between.backend_up"
 	}
 	st.logger.Info("backend health changed", zap.String("backend", addr), zap.String("from", from), zap.String("to", to), zap.String("reason", reason))
 	st.rebuild()
+	st.emit(event, map[string]any{"server": st.name, "backend": addr, "reason": reason})
+}
+
+// eventSink is one config's events app.
+type eventSink struct {
+	ctx caddy.Context
+	app *caddyevents.App
+}
+
+// emit sends a Caddy event through the newest config's events app.
+func (st *serverState) emit(name string, data map[string]any) {
+	if sink := st.events.Load(); sink != nil && sink.app != nil {
+		sink.app.Emit(sink.ctx, name, data)
+	}
 }
 
 // awaitDiscovery waits, at most the discovery timeout, for the first
