@@ -738,3 +738,42 @@ func TestDrawCumulativeMatchesScan(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentElections runs every policy from many goroutines over pools
+// that change underneath (new snapshots), for the race detector.
+func TestConcurrentElections(t *testing.T) {
+	pools := [][]*backend.Backend{
+		mkPool(t, "10.0.0.1:80", "10.0.0.2:80 weight=2", "10.0.0.3:80 priority=2"),
+		mkPool(t, "10.0.0.1:80 max_connections=3", "10.0.0.2:80", "10.0.0.4:80"),
+	}
+	for _, p := range policies() {
+		// the seeded sources are not safe for concurrent use: use the default
+		switch p.bal.(type) {
+		case *Weight:
+			p.bal = new(Weight)
+		case *LeastConn:
+			p.bal = new(LeastConn)
+		case *LeastBandwidth:
+			p.bal = new(LeastBandwidth)
+		}
+		t.Run(p.name, func(t *testing.T) {
+			var wg sync.WaitGroup
+			for w := range 4 {
+				wg.Go(func() {
+					for i := range 500 {
+						pool := pools[(i/50+w)%2]
+						b, err := p.bal.Elect(clientN(i), pool)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						if b.Acquire() {
+							b.Release()
+						}
+					}
+				})
+			}
+			wg.Wait()
+		})
+	}
+}

@@ -42,7 +42,7 @@ func (h *IPHash) Elect(c *Client, pool []*backend.Backend) (*backend.Backend, er
 		return nil, err
 	}
 	sum := clientHash(c.IP, 0, false)
-	if h.snap.get(pool).allEligible(c) {
+	if h.snap.get(pool, false).allEligible(c) {
 		return pool[lo+int(sum%uint64(hi-lo))], nil
 	}
 	g := pool[first:hi] // members before first are not eligible

@@ -55,7 +55,7 @@ func (h *IPHash1) Elect(c *Client, pool []*backend.Backend) (*backend.Backend, e
 		return nil, err
 	}
 	key := clientHash(c.IP, c.Port, h.UsePort)
-	hashes := h.snap.get(pool).addrHash
+	hashes := h.snap.get(pool, true).addrHash
 	var best *backend.Backend
 	var bestScore uint64
 	for i := first; i < hi; i++ {

@@ -19,7 +19,8 @@ type snapshotInfo struct {
 	// limited is true when some backend has MaxConnections > 0, so that
 	// eligibility must be checked member by member.
 	limited bool
-	// addrHash[i] is the hash of pool[i].Address() (rendezvous hashing).
+	// addrHash[i] is the hash of pool[i].Address() (rendezvous hashing);
+	// nil unless the cache was asked for hashes.
 	addrHash []uint64
 	// cumWeight[i] is the sum of the weights of pool[:i] (len(pool)+1
 	// entries), for a weighted draw by binary search.
@@ -39,22 +40,23 @@ func (si *snapshotInfo) allEligible(c *Client) bool {
 	return c.Match == nil && len(c.Skip) == 0 && !si.limited
 }
 
-// get returns the facts about pool (which must not be empty).
-func (sc *snapshotCache) get(pool []*backend.Backend) *snapshotInfo {
+// get returns the facts about pool (which must not be empty). hashes asks
+// for addrHash; a cache must always be called with the same value.
+func (sc *snapshotCache) get(pool []*backend.Backend, hashes bool) *snapshotInfo {
 	if si := sc.p.Load(); si != nil && si.key == &pool[0] && si.n == len(pool) {
 		return si
 	}
-	si := &snapshotInfo{
-		key:       &pool[0],
-		n:         len(pool),
-		addrHash:  make([]uint64, len(pool)),
-		cumWeight: make([]uint64, len(pool)+1),
+	si := &snapshotInfo{key: &pool[0], n: len(pool), cumWeight: make([]uint64, len(pool)+1)}
+	if hashes {
+		si.addrHash = make([]uint64, len(pool))
 	}
 	for i, b := range pool {
 		if b.MaxConnections > 0 {
 			si.limited = true
 		}
-		si.addrHash[i] = stringHash(b.Address())
+		if hashes {
+			si.addrHash[i] = stringHash(b.Address())
+		}
 		si.cumWeight[i+1] = si.cumWeight[i] + uint64(max(b.Weight, 0))
 	}
 	sc.p.Store(si)

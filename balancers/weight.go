@@ -51,7 +51,7 @@ func (w *Weight) Elect(c *Client, pool []*backend.Backend) (*backend.Backend, er
 	if rnd == nil {
 		rnd = rand.Uint64
 	}
-	if si := w.snap.get(pool); si.allEligible(c) {
+	if si := w.snap.get(pool, false); si.allEligible(c) {
 		return pool[drawCumulative(si.cumWeight, lo, hi, rnd)], nil
 	}
 	if b := weighted(c, pool[first:hi], rnd); b != nil {
