@@ -211,3 +211,25 @@ func TestPassiveUnmarshalCaddyfile(t *testing.T) {
 		}
 	}
 }
+
+// TestCaddyfileBinaryProbe checks that Go escapes survive the Caddyfile lexer
+// (which keeps backslashes inside quotes) and reach the wire as bytes.
+func TestCaddyfileBinaryProbe(t *testing.T) {
+	var p Probe
+	in := "probe {\n\tinterval 5s\n\tprotocol udp\n\tsend \"" + dnsQuery + "\"\n\trecv \"\\xbe\\xef\\x85\\x80\"\n}"
+	if err := p.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	if err := p.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := "\xbe\xef\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x04test\x00\x00\x01\x00\x01"
+	if string(p.send) != want || string(p.recv) != "\xbe\xef\x85\x80" {
+		t.Fatalf("send %q recv %q", p.send, p.recv)
+	}
+}

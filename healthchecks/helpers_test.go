@@ -104,7 +104,6 @@ func startProcess(t testing.TB, path string, args ...string) (stop func()) {
 	cmd := exec.Command(path, args...)
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", path, err)
 	}

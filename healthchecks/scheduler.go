@@ -86,7 +86,8 @@ type transition struct {
 // health only) and so may passive. onChange is called once for every
 // transition, outside the Scheduler's locks, in order per backend, from the
 // Scheduler's goroutines (or, for a passive mark-down, from the goroutine that
-// called DialFailed); it may call Healthy. active must be provisioned.
+// called DialFailed); it may call Healthy and Update but must not call Stop.
+// active must be provisioned.
 func NewScheduler(active Configured, passive *Passive, onChange func(addr string, healthy bool, reason string)) *Scheduler {
 	s := &Scheduler{active: active, passive: passive, onChange: onChange, initialHealthy: true}
 	s.ctx, s.cancel = context.WithCancel(context.Background())

@@ -596,3 +596,33 @@ func TestSchedulerCheckerPanic(t *testing.T) {
 		t.Fatalf("transition %+v, want down with the panic", ev)
 	}
 }
+
+// The proxy calls Healthy on pool rebuilds and DialSucceeded on every
+// connection: neither may lock or allocate.
+func BenchmarkHealthy(b *testing.B) {
+	s := NewScheduler(nil, &Passive{MaxFails: 3}, nil)
+	defer s.Stop()
+	s.Update(backends("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+	a := addr("10.0.0.2")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if !s.Healthy(a) {
+				b.Fatal("unhealthy")
+			}
+		}
+	})
+}
+
+func BenchmarkDialSucceeded(b *testing.B) {
+	s := NewScheduler(nil, &Passive{MaxFails: 3}, nil)
+	defer s.Stop()
+	s.Update(backends("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+	a := addr("10.0.0.2")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			s.DialSucceeded(a)
+		}
+	})
+}
