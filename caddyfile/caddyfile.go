@@ -70,7 +70,7 @@ func parseBetween(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, d.Errf("between: unknown subdirective %q (want server)", d.Val())
 			}
 			var name string
-			if !d.Args(&name) {
+			if !d.Args(&name) || name == "" {
 				return nil, d.Errf("between: server needs a name")
 			}
 			if d.NextArg() {

@@ -78,8 +78,12 @@ func parseAccessRule(s string) (accessRule, error) {
 	return r, nil
 }
 
-// allowed reports whether ip (unmapped) may connect.
+// allowed reports whether ip may connect.
 func (a *Access) allowed(ip netip.Addr) bool {
+	// netip.Prefix.Contains never matches an address with a zone, and the
+	// rules hold unmapped addresses: a link-local client (fe80::1%eth0) or a
+	// mapped one must not slip past them.
+	ip = ip.Unmap().WithZone("")
 	for _, r := range a.rules {
 		if r.prefix.Contains(ip) {
 			return r.allow
