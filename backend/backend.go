@@ -26,6 +26,9 @@ type Backend struct {
 	MaxConnections int
 	// SNI is the TLS server name this backend serves, used by the sni filter.
 	SNI string
+	// Order is the backend's position in its discovery result (0 = first
+	// listed), for policies that follow list order (first).
+	Order int
 	// Stats are the live counters of this backend. Nil for a Backend that was
 	// only parsed; the server that uses it attaches shared Stats.
 	Stats *Stats
@@ -54,11 +57,12 @@ func (b *Backend) String() string {
 	return s
 }
 
-// SameAttributes reports whether b and o have the same identity and attributes
-// (ignoring Stats).
+// SameAttributes reports whether b and o have the same identity, attributes
+// and list position (ignoring Stats).
 func (b *Backend) SameAttributes(o *Backend) bool {
 	return b.Host == o.Host && b.Port == o.Port && b.Weight == o.Weight &&
-		b.Priority == o.Priority && b.MaxConnections == o.MaxConnections && b.SNI == o.SNI
+		b.Priority == o.Priority && b.MaxConnections == o.MaxConnections && b.SNI == o.SNI &&
+		b.Order == o.Order
 }
 
 // Acquire counts a new connection to b, honouring MaxConnections atomically:

@@ -15,17 +15,18 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
-// mkPool parses gobetween backend lines, attaches Stats and sorts the pool as
-// the server does: by (Priority, Address).
+// mkPool parses gobetween backend lines, attaches Stats and list positions,
+// and sorts the pool as the server does: by (Priority, Address).
 func mkPool(tb testing.TB, lines ...string) []*backend.Backend {
 	tb.Helper()
 	pool := make([]*backend.Backend, 0, len(lines))
-	for _, l := range lines {
+	for i, l := range lines {
 		b, err := backend.Parse(l)
 		if err != nil {
 			tb.Fatal(err)
 		}
 		b.Stats = &backend.Stats{}
+		b.Order = i
 		pool = append(pool, &b)
 	}
 	sortPool(pool)
@@ -634,7 +635,8 @@ func TestLeastBandwidth(t *testing.T) {
 }
 
 func TestFirst(t *testing.T) {
-	pool := mkPool(t, "10.0.0.2:80 max_connections=1", "10.0.0.1:80 priority=2", "10.0.0.3:80", "10.0.0.9:80 priority=0")
+	// list order, not address order: .3 is listed before .2
+	pool := mkPool(t, "10.0.0.3:80 max_connections=1", "10.0.0.1:80 priority=2", "10.0.0.2:80", "10.0.0.9:80 priority=0")
 	f := new(First)
 	elect := func() string {
 		b, err := f.Elect(&Client{}, pool)
@@ -643,23 +645,39 @@ func TestFirst(t *testing.T) {
 		}
 		return b.Address()
 	}
-	// priority 0 first, then by address
+	// priority 0 first, then list order
 	if got := elect(); got != "10.0.0.9:80" {
 		t.Fatalf("first = %s, want 10.0.0.9:80", got)
 	}
-	pool = slices.DeleteFunc(pool, func(b *backend.Backend) bool { return b.Priority == 0 })
+	pool = slices.DeleteFunc(slices.Clone(pool), func(b *backend.Backend) bool { return b.Priority == 0 })
 	for range 3 {
-		if got := elect(); got != "10.0.0.2:80" {
-			t.Fatalf("first = %s, want 10.0.0.2:80 (every time)", got)
+		if got := elect(); got != "10.0.0.3:80" {
+			t.Fatalf("first = %s, want 10.0.0.3:80, the first listed (every time)", got)
 		}
 	}
-	undo := fill(t, pool[0])
-	if got := elect(); got != "10.0.0.3:80" {
-		t.Fatalf("with the first full: %s, want 10.0.0.3:80", got)
+	var first, second *backend.Backend
+	for _, b := range pool {
+		switch b.Address() {
+		case "10.0.0.3:80":
+			first = b
+		case "10.0.0.2:80":
+			second = b
+		}
+	}
+	undo := fill(t, first)
+	if got := elect(); got != "10.0.0.2:80" {
+		t.Fatalf("with the first full: %s, want 10.0.0.2:80", got)
 	}
 	undo()
-	if got := elect(); got != "10.0.0.2:80" {
-		t.Fatalf("after it freed up: %s, want 10.0.0.2:80", got)
+	if got := elect(); got != "10.0.0.3:80" {
+		t.Fatalf("after it freed up: %s, want 10.0.0.3:80", got)
+	}
+	// the priority 2 backend serves only when the priority 1 group is all full
+	undo = fill(t, first)
+	defer undo()
+	c := &Client{Skip: []*backend.Backend{second}} // already tried
+	if b, err := f.Elect(c, pool); err != nil || b.Address() != "10.0.0.1:80" {
+		t.Fatalf("failover to the next priority group: %v, %v", b, err)
 	}
 }
 

@@ -180,6 +180,7 @@ func (st *serverState) setDiscovered(list []backend.Backend) {
 	added, removed := 0, 0
 	for i := range list {
 		nb := list[i]
+		nb.Order = i
 		addr := nb.Address()
 		if _, dup := next[addr]; dup {
 			continue
