@@ -64,7 +64,10 @@ func parseAccessRule(s string) (accessRule, error) {
 			return accessRule{}, fmt.Errorf("%q: bad network: %v", s, err)
 		}
 		if p.Addr().Is4In6() {
-			p = netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0))
+			if p.Bits() < 96 {
+				return accessRule{}, fmt.Errorf("%q: an IPv4-mapped network needs a prefix of at least /96", s)
+			}
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 		}
 		r.prefix = p.Masked()
 	} else {

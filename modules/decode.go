@@ -39,10 +39,36 @@ func decodeStrict(data []byte, v any) error {
 	for _, k := range keys {
 		one, _ := json.Marshal(map[string]json.RawMessage{k: fields[k]})
 		if ferr := strictOnce(one, reflect.New(t).Interface()); ferr != nil {
+			// a nested object: name the inner field too
+			if ft, ok := fieldType(t, k); ok && ft.Kind() == reflect.Struct {
+				if inner := decodeStrict(fields[k], reflect.New(ft).Interface()); inner != nil {
+					return fmt.Errorf("field %q: %v", k, inner)
+				}
+			}
 			return fmt.Errorf("field %q: %v", k, ferr)
 		}
 	}
 	return err
+}
+
+// fieldType returns the type (pointers removed) of the field of struct type t
+// whose JSON name is name.
+func fieldType(t reflect.Type, name string) (reflect.Type, bool) {
+	if t.Kind() != reflect.Struct {
+		return nil, false
+	}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if tag == name {
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			return ft, true
+		}
+	}
+	return nil, false
 }
 
 func strictOnce(data []byte, v any) error {

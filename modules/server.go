@@ -1,6 +1,7 @@
 package modules
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -108,6 +109,10 @@ func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) e
 		return fmt.Errorf("protocol %q: want tcp, tls or udp", s.Protocol)
 	}
 	for field, raw := range s.reserved() {
+		var compact bytes.Buffer
+		if json.Compact(&compact, raw) == nil {
+			raw = compact.Bytes()
+		}
 		if len(raw) > 0 && string(raw) != "null" && string(raw) != "{}" && string(raw) != "[]" {
 			return fmt.Errorf("%s: not supported by this version of Between", field)
 		}
