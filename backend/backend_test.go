@@ -75,8 +75,10 @@ func TestAcquireHonoursMaxConnections(t *testing.T) {
 
 func TestAcquireFullRefusesWithoutChange(t *testing.T) {
 	b := &Backend{MaxConnections: 2, Stats: new(Stats)}
-	if !b.Acquire() || !b.Acquire() {
-		t.Fatal("first two Acquire calls failed")
+	for i := range 2 {
+		if !b.Acquire() {
+			t.Fatalf("Acquire %d of 2 failed", i+1)
+		}
 	}
 	if !b.Full() {
 		t.Fatal("Full() = false at max")
