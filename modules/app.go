@@ -164,11 +164,14 @@ func (a *App) Stop() error {
 // stops its discovery and health checks.
 func (a *App) Cleanup() error {
 	for _, s := range a.Servers {
-		if s.state != nil {
+		// s.state stays set: a connection accepted just before the listener
+		// switched to the next config may still be starting on this server,
+		// and it is served with the (now static) state it was accepted for.
+		if s.state != nil && !s.released {
+			s.released = true
 			if _, err := states.Delete(s.key); err != nil {
 				a.logger.Error("releasing server state", zap.String("server", s.name), zap.Error(err))
 			}
-			s.state = nil
 		}
 	}
 	return nil

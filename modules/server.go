@@ -70,6 +70,7 @@ type Server struct {
 	checker   healthchecks.Configured
 	retries   int
 	state     *serverState
+	released  bool // Cleanup has let go of state
 	logger    *zap.Logger
 	releases  []func()
 	dialer    net.Dialer
