@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -135,7 +136,7 @@ func (c *instance) start(t testing.TB, args ...string) {
 		c.cmd.Process.Kill()
 		c.cmd.Wait()
 		if t.Failed() {
-			t.Logf("caddy output:\n%s", tail(c.logs(), 60))
+			t.Logf("caddy output:\n%s", tail(c.logs(), logTail()))
 		}
 	})
 	deadline := time.Now().Add(15 * time.Second)
@@ -274,4 +275,13 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("timed out after %s waiting for %s", timeout, what)
+}
+
+// logTail is how many lines of caddy's output a failed test prints
+// (BETWEEN_E2E_LOG_LINES, default 60).
+func logTail() int {
+	if n, err := strconv.Atoi(os.Getenv("BETWEEN_E2E_LOG_LINES")); err == nil && n > 0 {
+		return n
+	}
+	return 60
 }

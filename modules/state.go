@@ -129,9 +129,13 @@ func (st *serverState) start() {
 		ctx, cancel := context.WithCancel(context.Background())
 		st.cancel = cancel
 		r := &discovery.Runner{
-			Source:  st.source,
-			Update:  st.setDiscovered,
-			OnFetch: func(error) { st.readyOnce.Do(func() { close(st.ready) }) },
+			Source: st.source,
+			Update: st.setDiscovered,
+			OnFetch: func(err error) {
+				if err != nil { // a good list marks readiness once it is installed
+					st.markReady()
+				}
+			},
 			OnError: func(err error) {
 				st.logger.Warn("discovery failed; keeping the last good backend list unless failpolicy is setempty", zap.Error(err))
 			},
@@ -214,6 +218,12 @@ func (st *serverState) setDiscovered(list []backend.Backend) {
 	}
 	st.health.Update(backends)
 	st.rebuild()
+	st.markReady()
+}
+
+// markReady ends the wait of clients that arrived before the first discovery result.
+func (st *serverState) markReady() {
+	st.readyOnce.Do(func() { close(st.ready) })
 }
 
 func (st *serverState) sortedLocked() []*backend.Backend {
