@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"net/netip"
 	"time"
 
 	"github.com/caddy-between/between/backend"
@@ -17,7 +16,8 @@ import (
 func (s *Server) serveTCP(conn net.Conn) {
 	st := s.state
 	client := balancers.Client{}
-	if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil {
+	if ta, ok := conn.RemoteAddr().(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
 		client.IP, client.Port = ap.Addr().Unmap(), ap.Port()
 	}
 	if !s.Access.allowed(client.IP) {
@@ -33,8 +33,11 @@ func (s *Server) serveTCP(conn net.Conn) {
 		return
 	}
 	defer st.stats.AddActive(-1)
-	st.conns.Store(conn, struct{}{})
-	defer st.conns.Delete(conn)
+	if s.DrainTimeout > 0 {
+		// only a drain_timeout ever closes connections from outside
+		st.conns.Store(conn, struct{}{})
+		defer st.conns.Delete(conn)
+	}
 
 	var prefix []byte
 	if s.sniFilter != nil {

@@ -1,7 +1,8 @@
 // Package tcpproxy moves the bytes of one proxied TCP session between a client
-// and a backend connection: zero-copy (kernel splice) between two
-// *net.TCPConn, live byte counters, half-close, and idle timeouts that count
-// traffic in both directions. It has no Caddy dependency.
+// and a backend connection: zero-copy (kernel splice) for bulk transfers
+// between two *net.TCPConn, a pooled buffer for short exchanges, live byte
+// counters, half-close, and idle timeouts that count traffic in both
+// directions. It has no Caddy dependency.
 package tcpproxy
 
 import (
@@ -33,6 +34,10 @@ const LiveInterval = time.Second
 
 // chunk is the largest amount moved between two counter updates.
 const chunk = 1 << 20
+
+// bulkThreshold is how much a TCP-to-TCP direction moves through the pooled
+// buffer before it switches to splice.
+const bulkThreshold = 256 << 10
 
 // Result tells how a session ended.
 type Result struct {
@@ -111,11 +116,18 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 	if limit > 0 && limit/4 < tick {
 		tick = max(limit/4, time.Millisecond)
 	}
+	// Every direction starts with the pooled-buffer copy: for the short
+	// exchanges of most request/response traffic one read and one write are
+	// the cheapest, and splice would cost a pipe per session. Once a
+	// TCP-to-TCP direction has moved bulkThreshold bytes it switches to
+	// splice for good: bulk data then never enters user space. (HAProxy's
+	// "splice-auto" makes a similar choice.)
 	move := s.generic
+	var splice func(dst, src net.Conn) (int64, bool, error)
 	if d, ok := dst.(*net.TCPConn); ok {
 		if sc, ok := src.(*net.TCPConn); ok {
 			lr := &io.LimitedReader{R: sc}
-			move = func(dst, _ net.Conn) (int64, bool, error) {
+			splice = func(dst, _ net.Conn) (int64, bool, error) {
 				lr.N = chunk
 				n, err := d.ReadFrom(lr)
 				// splice returns early without error only at EOF
@@ -126,6 +138,9 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 	for {
 		src.SetReadDeadline(time.Now().Add(tick))
 		n, eof, err := move(dst, src)
+		if splice != nil && total+n >= bulkThreshold {
+			move, splice = splice, nil
+		}
 		if n > 0 {
 			total += n
 			s.touch()
