@@ -154,7 +154,7 @@ func TestPoliciesEndToEnd(t *testing.T) {
 		for i := range 10 {
 			name, err := ask(addr)
 			if err != nil || name != "b" {
-				t.Fatalf("connection %d went to %q (%v), want the idle backend b", i, name, err)
+				t.Fatalf("connection %d went to %q (%v), want the idle backend b; stats %+v", i, name, err, inst.stats(t, "p").Backends)
 			}
 		}
 	})

@@ -81,8 +81,7 @@ func TestStatsLiveAndAcrossReload(t *testing.T) {
 		s := c.stats(t, "stats")
 		return s.Rx >= 10*1024 && s.Active == 1
 	})
-	// the 3 request bytes sit in a direction that has gone quiet: they are
-	// counted within tcpproxy.LiveInterval (1 s)
+	// the 3 request bytes are counted as soon as they are forwarded
 	waitFor(t, 2*time.Second, "tx_total to count the request", func() bool { return c.stats(t, "stats").Tx == 3 })
 	mid := c.stats(t, "stats")
 	if len(mid.Backends) != 1 || !mid.Backends[0].Stats.Live || mid.Backends[0].Stats.Active != 1 {

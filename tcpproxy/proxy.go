@@ -30,7 +30,7 @@ type Options struct {
 }
 
 // LiveInterval bounds how stale the byte counters may be while data flows.
-const LiveInterval = time.Second
+const LiveInterval = 250 * time.Millisecond
 
 // chunk is the largest amount moved between two counter updates.
 const chunk = 1 << 20
@@ -116,13 +116,15 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 	if limit > 0 && limit/4 < tick {
 		tick = max(limit/4, time.Millisecond)
 	}
-	// Every direction starts with the pooled-buffer copy: for the short
-	// exchanges of most request/response traffic one read and one write are
-	// the cheapest, and splice would cost a pipe per session. Once a
-	// TCP-to-TCP direction has moved bulkThreshold bytes it switches to
-	// splice for good: bulk data then never enters user space. (HAProxy's
-	// "splice-auto" makes a similar choice.)
-	move := s.generic
+	// A direction starts with the pooled-buffer copy: for the short exchanges
+	// of request/response traffic one read and one write are the cheapest,
+	// splice would cost a pipe per session, and a blocked read needs no
+	// wake-ups, so an idle connection costs nothing. Once a TCP-to-TCP
+	// direction has moved bulkThreshold bytes it switches to splice, and bulk
+	// data never enters user space (HAProxy's "splice-auto" makes a similar
+	// choice). Splice reports its progress only at a deadline, so it runs
+	// with one every tick; a tick with no byte at all means the bulk is over,
+	// and the direction goes back to the buffer.
 	var splice func(dst, src net.Conn) (int64, bool, error)
 	if d, ok := dst.(*net.TCPConn); ok {
 		if sc, ok := src.(*net.TCPConn); ok {
@@ -135,11 +137,30 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 			}
 		}
 	}
+	splicing := false
+	var buffered int64 // bytes moved through the buffer since the last splice phase
+	var armed bool     // a read deadline is set
 	for {
-		src.SetReadDeadline(time.Now().Add(tick))
-		n, eof, err := move(dst, src)
-		if splice != nil && total+n >= bulkThreshold {
-			move, splice = splice, nil
+		now := time.Now()
+		switch {
+		case splicing:
+			src.SetReadDeadline(now.Add(tick))
+			armed = true
+		case limit > 0:
+			// wake up when the session would idle out, counting both directions
+			src.SetReadDeadline(time.Unix(0, s.last.Load()).Add(limit))
+			armed = true
+		case armed:
+			src.SetReadDeadline(time.Time{})
+			armed = false
+		}
+		var n int64
+		var eof bool
+		if splicing {
+			n, eof, err = splice(dst, src)
+		} else {
+			n, eof, err = s.generic(dst, src)
+			buffered += n
 		}
 		if n > 0 {
 			total += n
@@ -149,13 +170,16 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 			}
 		}
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if limit > 0 && s.idleFor(time.Now()) >= limit {
-					return total, true, nil
-				}
-				continue
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				return total, false, err
 			}
-			return total, false, err
+			if limit > 0 && s.idleFor(time.Now()) >= limit {
+				return total, true, nil
+			}
+			if splicing && n == 0 {
+				splicing, buffered = false, 0
+			}
+			continue
 		}
 		if eof {
 			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
@@ -164,6 +188,9 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 				dst.Close()
 			}
 			return total, false, nil
+		}
+		if !splicing && splice != nil && buffered >= bulkThreshold {
+			splicing = true
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -511,5 +512,59 @@ func TestProxyPipeIdle(t *testing.T) {
 		}
 	case <-time.After(3 * time.Second):
 		t.Fatal("Proxy did not end an idle pipe session")
+	}
+}
+
+// TestProxyModeSwitches: bulk (spliced), then a pause longer than the live
+// tick (back to the buffer), then small exchanges, then bulk again: every byte
+// arrives in order on both paths.
+func TestProxyModeSwitches(t *testing.T) {
+	for _, generic := range []bool{false, true} {
+		t.Run(fmt.Sprintf("generic=%v", generic), func(t *testing.T) {
+			var tx atomic.Int64
+			r := startRig(t, tcpproxy.Options{OnTx: func(n int64) { tx.Add(n) }}, generic)
+			r.client.SetDeadline(time.Now().Add(20 * time.Second))
+			r.backend.SetDeadline(time.Now().Add(20 * time.Second))
+			want := int64(0)
+			send := func(n int64, seed uint64) {
+				var wg sync.WaitGroup
+				var got [32]byte
+				var gotN int64
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					h := sha256.New()
+					gotN, _ = io.CopyN(h, r.backend, n)
+					copy(got[:], h.Sum(nil))
+				}()
+				sum, err := stream(r.client, seed, n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				wg.Wait()
+				if gotN != n || got != sum {
+					t.Fatalf("phase of %d bytes: backend got %d bytes, hash match %v", n, gotN, got == sum)
+				}
+				want += n
+			}
+			send(4<<20, 1) // bulk: past the splice threshold
+			time.Sleep(2 * tcpproxy.LiveInterval)
+			for i := range 5 {
+				send(100, uint64(10+i)) // small exchanges after the pause
+			}
+			send(4<<20, 2)
+			waitUntil(t, 2*time.Second, func() bool { return tx.Load() == want })
+		})
+	}
+}
+
+func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
