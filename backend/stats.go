@@ -42,13 +42,13 @@ type sample struct {
 
 // Snapshot is a point-in-time copy of Stats.
 type Snapshot struct {
-	Active   int64  `json:"active_connections"`
-	Total    uint64 `json:"total_connections"`
-	Refused  uint64 `json:"refused_connections"`
-	Rx       uint64 `json:"rx"`
-	Tx       uint64 `json:"tx"`
-	RxSecond uint64 `json:"rx_second"`
-	TxSecond uint64 `json:"tx_second"`
+	Active   int64  `json:"active_connections"`  // open connections
+	Total    uint64 `json:"total_connections"`   // connections served since start
+	Refused  uint64 `json:"refused_connections"` // connections refused (limits, access, failed dials)
+	Rx       uint64 `json:"rx"`                  // bytes backend -> client
+	Tx       uint64 `json:"tx"`                  // bytes client -> backend
+	RxSecond uint64 `json:"rx_second"`           // rx per second over the last 2 s
+	TxSecond uint64 `json:"tx_second"`           // tx per second over the last 2 s
 }
 
 // Active returns the number of open connections.

@@ -68,6 +68,7 @@ const DefaultTimeout = 5 * time.Second
 
 // Runner drives one Source for one server.
 type Runner struct {
+	// Source is the configured discovery module.
 	Source Configured
 	// DefaultTimeout is the kind's default fetch timeout (DefaultTimeout if 0).
 	DefaultTimeout time.Duration

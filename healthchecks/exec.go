@@ -139,6 +139,7 @@ type limitedBuffer struct {
 	max int
 }
 
+// Write keeps what fits in the limit and drops the rest, never failing.
 func (l *limitedBuffer) Write(p []byte) (int, error) {
 	if room := l.max - l.Len(); room > 0 {
 		l.Buffer.Write(p[:min(len(p), room)])

@@ -40,38 +40,38 @@ func (a AdminAPI) Routes() []caddy.AdminRoute {
 
 // ServerStats is the body of GET /between/servers/{name}/stats.
 type ServerStats struct {
-	ActiveConnections  int64          `json:"active_connections"`
-	TotalConnections   uint64         `json:"total_connections"`
-	RefusedConnections uint64         `json:"refused_connections"`
-	RxTotal            uint64         `json:"rx_total"`
-	TxTotal            uint64         `json:"tx_total"`
-	RxSecond           uint64         `json:"rx_second"`
-	TxSecond           uint64         `json:"tx_second"`
-	Backends           []BackendStats `json:"backends"`
+	ActiveConnections  int64          `json:"active_connections"`  // open client connections
+	TotalConnections   uint64         `json:"total_connections"`   // clients served since start
+	RefusedConnections uint64         `json:"refused_connections"` // clients refused (access, limits, no backend)
+	RxTotal            uint64         `json:"rx_total"`            // bytes backend -> client
+	TxTotal            uint64         `json:"tx_total"`            // bytes client -> backend
+	RxSecond           uint64         `json:"rx_second"`           // rx per second over the last 2 s
+	TxSecond           uint64         `json:"tx_second"`           // tx per second over the last 2 s
+	Backends           []BackendStats `json:"backends"`            // discovered backends, by host:port
 }
 
 // BackendStats is one backend in ServerStats, sorted by host:port.
 type BackendStats struct {
-	Host           string        `json:"host"`
-	Port           string        `json:"port"`
-	Priority       int           `json:"priority"`
-	Weight         int           `json:"weight"`
-	MaxConnections int           `json:"max_connections"`
-	SNI            string        `json:"sni"`
-	Stats          BackendCounts `json:"stats"`
+	Host           string        `json:"host"`            // IP or name
+	Port           string        `json:"port"`            // port number
+	Priority       int           `json:"priority"`        // priority group
+	Weight         int           `json:"weight"`          // weight in its group
+	MaxConnections int           `json:"max_connections"` // 0 = unlimited
+	SNI            string        `json:"sni"`             // TLS server name it serves
+	Stats          BackendCounts `json:"stats"`           // live state and counters
 }
 
 // BackendCounts are a backend's live state and counters.
 type BackendCounts struct {
-	Live               bool   `json:"live"`
-	Discovered         bool   `json:"discovered"`
-	TotalConnections   uint64 `json:"total_connections"`
-	ActiveConnections  int64  `json:"active_connections"`
-	RefusedConnections uint64 `json:"refused_connections"`
-	Rx                 uint64 `json:"rx"`
-	Tx                 uint64 `json:"tx"`
-	RxSecond           uint64 `json:"rx_second"`
-	TxSecond           uint64 `json:"tx_second"`
+	Live               bool   `json:"live"`                // healthy (takes new connections)
+	Discovered         bool   `json:"discovered"`          // in the current discovery result
+	TotalConnections   uint64 `json:"total_connections"`   // connections served
+	ActiveConnections  int64  `json:"active_connections"`  // open connections
+	RefusedConnections uint64 `json:"refused_connections"` // failed dials
+	Rx                 uint64 `json:"rx"`                  // bytes backend -> client
+	Tx                 uint64 `json:"tx"`                  // bytes client -> backend
+	RxSecond           uint64 `json:"rx_second"`           // rx per second over the last 2 s
+	TxSecond           uint64 `json:"tx_second"`           // tx per second over the last 2 s
 }
 
 func (AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -129,6 +129,7 @@ func writeJSON(w http.ResponseWriter, v any) error {
 
 type adminError string
 
+// Error returns the message.
 func (e adminError) Error() string { return string(e) }
 
 const (

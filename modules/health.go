@@ -26,8 +26,17 @@ func newHealth(s *Server, st *serverState) healthTracker {
 // allHealthy is the tracker of a server without health checks.
 type allHealthy struct{}
 
+// Update ignores discovery changes: every backend is healthy.
 func (allHealthy) Update([]*backend.Backend) {}
-func (allHealthy) Healthy(string) bool       { return true }
-func (allHealthy) DialFailed(string)         {}
-func (allHealthy) DialSucceeded(string)      {}
-func (allHealthy) Stop()                     {}
+
+// Healthy always reports true.
+func (allHealthy) Healthy(string) bool { return true }
+
+// DialFailed ignores failed dials (no passive health).
+func (allHealthy) DialFailed(string) {}
+
+// DialSucceeded ignores successful dials.
+func (allHealthy) DialSucceeded(string) {}
+
+// Stop has nothing to stop.
+func (allHealthy) Stop() {}

@@ -56,11 +56,11 @@ type Server struct {
 	SNI *SNIConfig `json:"sni,omitempty"`
 
 	// Reserved for later versions; setting them is an error for now.
-	ProxyProtocol    json.RawMessage `json:"proxy_protocol,omitempty"`
-	ListenerWrappers json.RawMessage `json:"listener_wrappers,omitempty"`
-	TLS              json.RawMessage `json:"tls,omitempty"`
-	BackendsTLS      json.RawMessage `json:"backends_tls,omitempty"`
-	UDP              json.RawMessage `json:"udp,omitempty"`
+	ProxyProtocol    json.RawMessage `json:"proxy_protocol,omitempty"`    // PROXY protocol header to backends (reserved)
+	ListenerWrappers json.RawMessage `json:"listener_wrappers,omitempty"` // Caddy listener wrappers (reserved)
+	TLS              json.RawMessage `json:"tls,omitempty"`               // TLS termination (reserved)
+	BackendsTLS      json.RawMessage `json:"backends_tls,omitempty"`      // TLS to backends (reserved)
+	UDP              json.RawMessage `json:"udp,omitempty"`               // UDP sessions (reserved)
 
 	name      string
 	key       string // identity of this exact config in the state pool
