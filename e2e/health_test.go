@@ -166,3 +166,42 @@ func TestHealthCheckFromCaddyfile(t *testing.T) {
 		}
 	}
 }
+
+// TestHealthSurvivesServerChange: a backend known to be down stays down when
+// the server's config changes, even with a check that would take long to
+// find out again.
+func TestHealthSurvivesServerChange(t *testing.T) {
+	good := nameBackend(t, "good")
+	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	srv := staticServer(addr, good.addr, dead)
+	srv["retries"] = 0
+	srv["balance"] = map[string]any{"policy": "roundrobin"}
+	srv["healthcheck"] = map[string]any{"kind": "ping", "interval": "100ms", "fails": 1}
+	c := startCaddy(t, between(map[string]any{"hc": srv}))
+	isLive := func(a string) bool {
+		for _, b := range c.stats(t, "hc").Backends {
+			if b.Host+":"+b.Port == a {
+				return b.Stats.Live
+			}
+		}
+		t.Fatalf("backend %s not in stats", a)
+		return false
+	}
+	waitFor(t, 3*time.Second, "the dead backend to be marked down", func() bool { return !isLive(dead) })
+
+	// a slow check: 3 failures 10 s apart before it would find out itself
+	srv["healthcheck"] = map[string]any{"kind": "ping", "interval": "10s", "fails": 3}
+	srv["max_connections"] = 100
+	if code, body := c.load(between(map[string]any{"hc": srv})); code != 200 {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+	if isLive(dead) {
+		t.Fatal("the changed server forgot that a backend is down")
+	}
+	for i := range 10 {
+		if name, err := ask(addr); err != nil || name != "good" {
+			t.Fatalf("connection %d after the change: %q, %v", i, name, err)
+		}
+	}
+}

@@ -37,6 +37,13 @@ type Scheduler struct {
 	// Set it before the first Update; it is called from the check goroutines.
 	Log func(addr string, msg string)
 
+	// Inherit, when set before the first Update, gives backends it lists the
+	// status from another scheduler (the one of the server config this
+	// replaces) instead of initial_status, so that a config change does not
+	// send traffic to a backend already known to be down. Used only with an
+	// active checker, which goes on to confirm or correct it.
+	Inherit map[string]bool
+
 	active   Configured
 	passive  *Passive
 	onChange func(addr string, healthy bool, reason string)
@@ -134,7 +141,11 @@ func (s *Scheduler) Update(backends []*backend.Backend) {
 		}
 		if t == nil {
 			t = &target{addr: addr}
-			t.healthy.Store(s.initialHealthy)
+			healthy := s.initialHealthy
+			if h, ok := s.Inherit[addr]; ok && s.active != nil {
+				healthy = h
+			}
+			t.healthy.Store(healthy)
 			t.b = s.checkCopy(b)
 			if s.active != nil {
 				var ctx context.Context
@@ -173,6 +184,16 @@ func (s *Scheduler) forget(t *target) {
 		s.wg.Done()
 	}
 	t.recovery = nil
+}
+
+// Statuses returns the current status of every backend being tracked.
+func (s *Scheduler) Statuses() map[string]bool {
+	targets := *s.targets.Load()
+	out := make(map[string]bool, len(targets))
+	for addr, t := range targets {
+		out[addr] = t.healthy.Load()
+	}
+	return out
 }
 
 // Healthy reports the status of addr: for a backend not yet (or no longer)

@@ -8,7 +8,7 @@ import (
 
 // newHealth builds the health tracker of a server state: the scheduler of
 // its active check and passive health, or allHealthy when it has neither.
-func newHealth(s *Server, st *serverState) healthTracker {
+func newHealth(s *Server, st *serverState, prev *serverState) healthTracker {
 	passive := s.PassiveHealth
 	if passive != nil && passive.MaxFails == 0 {
 		passive = nil
@@ -17,6 +17,11 @@ func newHealth(s *Server, st *serverState) healthTracker {
 		return allHealthy{}
 	}
 	sch := healthchecks.NewScheduler(s.checker, passive, st.healthChanged)
+	if prev != nil {
+		if ps, ok := prev.health.(*healthchecks.Scheduler); ok {
+			sch.Inherit = ps.Statuses()
+		}
+	}
 	sch.Log = func(addr, msg string) {
 		st.logger.Info("health check gave no verdict", zap.String("backend", addr), zap.String("detail", msg))
 	}

@@ -22,14 +22,6 @@ import (
 // carry over without a gap.
 var states = caddy.NewUsagePool()
 
-// latest maps a server name to its most recently created state. A changed
-// server's new state takes over the counters of the previous one (server
-// totals and the stats of backends it still has), so statistics and metrics
-// do not fall back to zero when a server's config is edited.
-var (
-	latestMu sync.Mutex
-	latest   = map[string]*serverState{}
-)
 
 // serverState is the part of a server that outlives one config load.
 type serverState struct {
@@ -88,12 +80,16 @@ func newServerState(s *Server) *serverState {
 	}
 	empty := []*backend.Backend{}
 	st.pool.Store(&empty)
-	st.health = newHealth(s, st)
 
-	latestMu.Lock()
-	prev := latest[s.name]
-	latest[s.name] = st
-	latestMu.Unlock()
+	// A changed server's new state takes over from the running one: server
+	// totals, the stats of backends it still has, and what health checks
+	// knew, so statistics do not fall back to zero and known-down backends
+	// get no traffic when a server's config is edited.
+	var prev *serverState
+	if v, ok := running.Load(s.name); ok {
+		prev = v.(*Server).state
+	}
+	st.health = newHealth(s, st, prev)
 	st.stats = new(backend.Stats)
 	if prev != nil {
 		st.stats = prev.stats
@@ -109,11 +105,6 @@ func newServerState(s *Server) *serverState {
 
 // Destruct stops the state's goroutines when the last config using it is gone.
 func (st *serverState) Destruct() error {
-	latestMu.Lock()
-	if latest[st.name] == st {
-		delete(latest, st.name)
-	}
-	latestMu.Unlock()
 	if st.cancel != nil {
 		st.cancel()
 	}
