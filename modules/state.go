@@ -22,7 +22,6 @@ import (
 // carry over without a gap.
 var states = caddy.NewUsagePool()
 
-
 // serverState is the part of a server that outlives one config load.
 type serverState struct {
 	name   string
