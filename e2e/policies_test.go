@@ -206,3 +206,44 @@ func TestPoliciesEndToEnd(t *testing.T) {
 		}
 	})
 }
+
+// TestLeastConnSpreadsABurst: 200 simultaneous long-lived connections over 4
+// backends end up within 50 ± 5 each (a connection counts as active from its
+// election, so a burst does not pile onto one backend).
+func TestLeastConnSpreadsABurst(t *testing.T) {
+	var addrs []string
+	for i := range 4 {
+		addrs = append(addrs, holdBackend(t, fmt.Sprint(i)).addr)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	srv := staticServer(addr, addrs...)
+	srv["balance"] = map[string]any{"policy": "leastconn"}
+	c := startCaddy(t, between(map[string]any{"lc": srv}))
+	start := make(chan struct{})
+	conns := make(chan net.Conn, 200)
+	for range 200 {
+		go func() {
+			<-start
+			nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				conns <- nil
+				return
+			}
+			conns <- nc
+		}()
+	}
+	close(start)
+	for range 200 {
+		nc := <-conns
+		if nc == nil {
+			t.Fatal("a dial failed")
+		}
+		defer nc.Close()
+	}
+	waitFor(t, 5*time.Second, "200 active connections", func() bool { return c.stats(t, "lc").Active == 200 })
+	for _, b := range c.stats(t, "lc").Backends {
+		if n := b.Stats.Active; n < 45 || n > 55 {
+			t.Errorf("backend %s:%s holds %d of 200 connections, want 50 ± 5", b.Host, b.Port, n)
+		}
+	}
+}
