@@ -38,6 +38,7 @@ package caddyfile
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 
 	"github.com/caddy-between/between/healthchecks"
@@ -81,7 +82,7 @@ func parseBetween(d *caddyfile.Dispenser, existing any) (any, error) {
 			}
 			s, err := parseServer(d, &warnings)
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("between: server %q: %w", name, err)
 			}
 			app.Servers[name] = s
 		}
@@ -132,7 +133,7 @@ func parseServer(d *caddyfile.Dispenser, warnings *[]caddyconfig.Warning) (*modu
 		case "sni":
 			s.SNI, err = parseSNI(d)
 		default:
-			return nil, d.Errf("server: unknown subdirective %q", dir)
+			return nil, d.Errf("unknown subdirective %q", dir)
 		}
 		if err != nil {
 			return nil, err
@@ -151,7 +152,7 @@ func moduleArg(d *caddyfile.Dispenser, ns, inlineKey string, warnings *[]caddyco
 	name := d.Val()
 	unm, err := caddyfile.UnmarshalModule(d, ns+"."+name)
 	if err != nil {
-		return nil, d.Errf("%s %s: %v", dir, name, err)
+		return nil, fmt.Errorf("%s %s: %w", dir, name, err) // err carries the position
 	}
 	return caddyconfig.JSONModuleObject(unm, inlineKey, name, warnings), nil
 }

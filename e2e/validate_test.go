@@ -79,8 +79,13 @@ func TestCaddyfileRejectsBadInput(t *testing.T) {
 			if err == nil {
 				t.Fatalf("caddy adapt accepted it:\n%s", out)
 			}
-			for _, w := range tc.want {
-				if !strings.Contains(string(out), w) {
+			want := tc.want
+			if strings.Contains(tc.body, "server s1") {
+				want = append(want, `server "s1"`) // the error names the server
+			}
+			msg := strings.ReplaceAll(string(out), `\"`, `"`)
+			for _, w := range want {
+				if !strings.Contains(msg, w) {
 					t.Errorf("error does not mention %q:\n%s", w, tail(string(out), 5))
 				}
 			}
