@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -340,5 +341,52 @@ func TestPortRange(t *testing.T) {
 		if name, err := ask(fmt.Sprintf("127.0.0.1:%d", base+i)); err != nil || name != "ranged" {
 			t.Errorf("port %d: %q, %v", base+i, name, err)
 		}
+	}
+}
+
+func TestUnixSocketAndIPv6(t *testing.T) {
+	be := nameBackend(t, "v4")
+	ln6, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	be6 := &backendServer{ln: ln6, addr: ln6.Addr().String()}
+	go func() {
+		for {
+			c, err := ln6.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "v6 %s\n", c.RemoteAddr())
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln6.Close() })
+
+	sock := filepath.Join(t.TempDir(), "between.sock")
+	p6, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v6listen := p6.Addr().String()
+	p6.Close()
+	unix := staticServer("unix/"+sock, be.addr)
+	v6 := staticServer(v6listen, be6.addr)
+	v6["access"] = map[string]any{"default": "deny", "rules": []string{"allow ::1"}}
+	startCaddy(t, between(map[string]any{"unix": unix, "v6": v6}))
+
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "v4\n" {
+		t.Fatalf("through the unix socket: %q, %v", line, err)
+	}
+	name, err := ask(v6listen)
+	if err != nil || !strings.HasPrefix(name, "v6 [::1]:") {
+		t.Fatalf("IPv6 listener to IPv6 backend: %q, %v", name, err)
 	}
 }
