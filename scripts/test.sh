@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real components the tests use. Installed only when missing.
+export PATH="$PATH:/usr/sbin:/sbin"
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v dnsmasq >/dev/null || need+=(dnsmasq)
