@@ -51,6 +51,40 @@ func (c *Common) UnmarshalCommon(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// unmarshalBlock reads a checker's Caddyfile form, the dispenser positioned
+// before the kind token: `healthcheck KIND { ... }`. Each subdirective goes
+// to own first (nil: the kind has none of its own); what own does not know
+// must be a common one.
+func (c *Common) unmarshalBlock(d *caddyfile.Dispenser, own func(name string) (known bool, err error)) error {
+	d.Next() // kind
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if own != nil {
+			known, err := own(d.Val())
+			if err != nil {
+				return err
+			}
+			if known {
+				continue
+			}
+		}
+		if err := c.UnmarshalCommon(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stringArg reads the one argument of the current subdirective into dst.
+func stringArg(d *caddyfile.Dispenser, dst *string) error {
+	if !d.Args(dst) || d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
 // UnmarshalCaddyfile reads the server's passive health block:
 //
 //	passive_health {

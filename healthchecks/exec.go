@@ -159,39 +159,22 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 //
 // The exec_ prefix is dropped; the full JSON names are accepted too.
 func (e *Exec) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // kind
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		var dst *string
+	return e.unmarshalBlock(d, func(name string) (bool, error) {
 		switch name {
 		case "command", "exec_command":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
-				return d.ArgErr()
+				return true, d.ArgErr()
 			}
 			e.Command = args
-			continue
+			return true, nil
 		case "expected_positive_output", "exec_expected_positive_output":
-			dst = &e.ExpectedPositiveOutput
+			return true, stringArg(d, &e.ExpectedPositiveOutput)
 		case "expected_negative_output", "exec_expected_negative_output":
-			dst = &e.ExpectedNegativeOutput
-		default:
-			if err := e.UnmarshalCommon(d); err != nil {
-				return err
-			}
-			continue
+			return true, stringArg(d, &e.ExpectedNegativeOutput)
 		}
-		if !d.Args(dst) {
-			return d.ArgErr()
-		}
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-	}
-	return nil
+		return false, nil
+	})
 }
 
 var (

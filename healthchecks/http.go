@@ -184,45 +184,25 @@ func (h *HTTP) do(req *http.Request, c *http.Client) error {
 //
 // The http_ prefix is dropped; the full JSON names are accepted too.
 func (h *HTTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // kind
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		var dst *string
+	return h.unmarshalBlock(d, func(name string) (bool, error) {
 		switch name {
 		case "path", "http_path":
-			dst = &h.Path
+			return true, stringArg(d, &h.Path)
 		case "scheme", "http_scheme":
-			dst = &h.Scheme
+			return true, stringArg(d, &h.Scheme)
 		case "host", "http_host":
-			dst = &h.Host
+			return true, stringArg(d, &h.Host)
 		case "expected_status", "http_expected_status":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
-				return d.ArgErr()
+				return true, d.ArgErr()
 			}
 			codes, err := parseInts(d, name, args)
-			if err != nil {
-				return err
-			}
 			h.ExpectedStatus = append(h.ExpectedStatus, codes...)
-			continue
-		default:
-			if err := h.UnmarshalCommon(d); err != nil {
-				return err
-			}
-			continue
+			return true, err
 		}
-		if !d.Args(dst) {
-			return d.ArgErr()
-		}
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-	}
-	return nil
+		return false, nil
+	})
 }
 
 // Cleanup releases idle connections (none are kept, but be tidy).

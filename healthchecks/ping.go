@@ -64,16 +64,7 @@ func (p *Ping) Check(ctx context.Context, b *backend.Backend) error {
 //		port 8080
 //	}
 func (p *Ping) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // kind
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		if err := p.UnmarshalCommon(d); err != nil {
-			return err
-		}
-	}
-	return nil
+	return p.unmarshalBlock(d, nil)
 }
 
 var (

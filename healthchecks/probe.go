@@ -245,47 +245,30 @@ func clip(b []byte, n int) []byte {
 //
 // The probe_ prefix is dropped; the full JSON names are accepted too.
 func (p *Probe) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // kind
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		var dst *string
+	return p.unmarshalBlock(d, func(name string) (bool, error) {
 		switch name {
 		case "protocol", "probe_protocol":
-			dst = &p.Protocol
+			return true, stringArg(d, &p.Protocol)
 		case "send", "probe_send":
-			dst = &p.Send
+			return true, stringArg(d, &p.Send)
 		case "recv", "probe_recv":
-			dst = &p.Recv
+			return true, stringArg(d, &p.Recv)
 		case "strategy", "probe_strategy":
-			dst = &p.Strategy
+			return true, stringArg(d, &p.Strategy)
 		case "recv_len", "probe_recv_len":
 			args := d.RemainingArgs()
 			if len(args) != 1 {
-				return d.ArgErr()
+				return true, d.ArgErr()
 			}
 			n, err := parseInts(d, name, args)
 			if err != nil {
-				return err
+				return true, err
 			}
 			p.RecvLen = n[0]
-			continue
-		default:
-			if err := p.UnmarshalCommon(d); err != nil {
-				return err
-			}
-			continue
+			return true, nil
 		}
-		if !d.Args(dst) {
-			return d.ArgErr()
-		}
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-	}
-	return nil
+		return false, nil
+	})
 }
 
 var (
