@@ -102,9 +102,20 @@ func parseServer(d *caddyfile.Dispenser, warnings *[]caddyconfig.Warning) (*modu
 			if len(args) == 0 {
 				return nil, d.ArgErr()
 			}
+			for _, a := range args {
+				if _, err := caddy.ParseNetworkAddress(a); err != nil {
+					return nil, d.Errf("listen %q: %v", a, err)
+				}
+			}
 			s.Listen = append(s.Listen, args...)
 		case "protocol":
-			err = oneArg(d, &s.Protocol)
+			if err = oneArg(d, &s.Protocol); err == nil {
+				switch s.Protocol {
+				case "tcp", "tls", "udp":
+				default:
+					err = d.Errf("protocol %q: want tcp, tls or udp", s.Protocol)
+				}
+			}
 		case "max_connections":
 			err = intArg(d, &s.MaxConnections)
 		case "retries":
@@ -185,6 +196,11 @@ func parseAccess(d *caddyfile.Dispenser) (*modules.Access, error) {
 			}
 		default:
 			return nil, d.Errf("access: unknown subdirective %q (want default, rules, allow or deny)", d.Val())
+		}
+	}
+	for i, r := range a.Rules {
+		if err := modules.CheckAccessRule(r); err != nil {
+			return nil, d.Errf("access rule %d: %v", i+1, err)
 		}
 	}
 	return a, nil

@@ -92,6 +92,12 @@ func (s *Static) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		}
 	}
+	// a bad line fails `caddy adapt` already, with its position
+	for _, line := range s.StaticList {
+		if _, err := backend.Parse(line); err != nil {
+			return d.Errf("discovery static: %v", err)
+		}
+	}
 	return nil
 }
 

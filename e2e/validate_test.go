@@ -71,6 +71,11 @@ func TestCaddyfileRejectsBadInput(t *testing.T) {
 		{"unknown discovery", "server s1 {\n listen 127.0.0.1:9\n discovery crystalball\n}", []string{"crystalball"}},
 		{"max_connections not a number", "server s1 {\n listen 127.0.0.1:9\n max_connections many\n}", []string{"max_connections", "many"}},
 		{"server without name", "server {\n listen 127.0.0.1:9\n}", []string{"name"}},
+		{"bad backend line", "server s1 {\n listen 127.0.0.1:9\n discovery static \"127.0.0.1:10 weight=heavy\"\n}", []string{"weight"}},
+		{"bad access rule", "server s1 {\n listen 127.0.0.1:9\n access {\n permit 10.0.0.0/8\n }\n}", []string{"permit"}},
+		{"bad access network", "server s1 {\n listen 127.0.0.1:9\n access {\n deny 10.0.0.0/33\n }\n}", []string{"10.0.0.0/33"}},
+		{"bad listen address", "server s1 {\n listen 127.0.0.1:http-x\n}", []string{"listen", "http-x"}},
+		{"unknown protocol", "server s1 {\n listen 127.0.0.1:9\n protocol sctp\n}", []string{"protocol", "sctp"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "Caddyfile")

@@ -45,6 +45,13 @@ func (a *Access) provision() error {
 	return nil
 }
 
+// CheckAccessRule reports whether rule is a valid access rule
+// ("allow|deny IP-or-CIDR"), for config adapters that check early.
+func CheckAccessRule(rule string) error {
+	_, err := parseAccessRule(rule)
+	return err
+}
+
 func parseAccessRule(s string) (accessRule, error) {
 	f := strings.Fields(s)
 	if len(f) != 2 {
