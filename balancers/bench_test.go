@@ -32,38 +32,20 @@ func benchPool(n int, limits bool) []*backend.Backend {
 
 // BenchmarkElect measures one election per policy and pool size; every case
 // must report 0 allocs/op.
-func BenchmarkElect(b *testing.B) {
-	for _, p := range policies() {
-		if p.name == "iphash1 use_port" {
-			continue
-		}
-		for _, n := range []int{3, 100, 10000} {
-			b.Run(fmt.Sprintf("%s/%d", p.name, n), func(b *testing.B) {
-				pool := benchPool(n, false)
-				c := &Client{IP: netip.MustParseAddr("203.0.113.9"), Port: 4242}
-				p.bal.Elect(c, pool) // a new snapshot is analysed once, outside the measurement
-				b.ReportAllocs()
-				for i := 0; b.Loop(); i++ {
-					c.IP = netip.AddrFrom4([4]byte{203, 0, byte(i >> 8), byte(i)})
-					if _, err := p.bal.Elect(c, pool); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-		}
-	}
-}
+func BenchmarkElect(b *testing.B) { benchElect(b, false) }
 
 // BenchmarkElectLimited is BenchmarkElect with max_connections on every
 // backend, so that no policy can take the all-eligible shortcut.
-func BenchmarkElectLimited(b *testing.B) {
+func BenchmarkElectLimited(b *testing.B) { benchElect(b, true) }
+
+func benchElect(b *testing.B, limited bool) {
 	for _, p := range policies() {
 		if p.name == "iphash1 use_port" {
 			continue
 		}
 		for _, n := range []int{3, 100, 10000} {
 			b.Run(fmt.Sprintf("%s/%d", p.name, n), func(b *testing.B) {
-				pool := benchPool(n, true)
+				pool := benchPool(n, limited)
 				c := &Client{IP: netip.MustParseAddr("203.0.113.9"), Port: 4242}
 				p.bal.Elect(c, pool) // a new snapshot is analysed once, outside the measurement
 				b.ReportAllocs()
