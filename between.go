@@ -1,16 +1,21 @@
-// Package between is a Caddy plugin that makes Caddy a Layer 4 load balancer
-// with gobetween's feature set: the `between` app (TCP servers with discovery,
-// health checks and balancing policies), configured by JSON or the Caddyfile
-// `between` global option. Importing this package registers every module:
+// Package between is a Caddy plugin that extends caddy-l4 (Caddy's `layer4`
+// app) into a Layer 4 load balancer with gobetween's feature set: the
+// `between` layer4 handler (discovery, health checks, balancing policies,
+// zero-copy proxying), the `between+tcp` network type whose sockets survive
+// reloads, and the `/between/` admin endpoints. Importing this package
+// registers every Between module and caddy-l4 with its standard modules:
 //
 //	xcaddy build --with github.com/caddy-between/between
 package between
 
 import (
+	// caddy-l4: the layer4 app, its matchers and handlers
+	_ "github.com/mholt/caddy-l4"
+
 	// every Between module registers itself in init
 	_ "github.com/caddy-between/between/balancers"
-	_ "github.com/caddy-between/between/caddyfile"
 	_ "github.com/caddy-between/between/discovery"
 	_ "github.com/caddy-between/between/healthchecks"
-	_ "github.com/caddy-between/between/modules"
+	_ "github.com/caddy-between/between/l4handler"
+	_ "github.com/caddy-between/between/listeners"
 )

@@ -1,4 +1,4 @@
-package modules
+package l4handler
 
 import (
 	"context"
@@ -16,17 +16,17 @@ import (
 	"go.uber.org/zap"
 )
 
-// states holds the runtime state of every server, keyed by server name and
-// config hash, so that a reload which leaves a server unchanged hands the new
+// states holds the runtime state of every handler, keyed by handler name and
+// config hash, so that a reload which leaves a handler unchanged hands the new
 // config the same state: statistics, health, discovery and open connections
 // carry over without a gap.
 var states = caddy.NewUsagePool()
 
-// serverState is the part of a server that outlives one config load.
-type serverState struct {
+// state is the part of a handler that outlives one config load.
+type state struct {
 	name   string
 	logger *zap.Logger
-	stats  *backend.Stats // server totals, shared with the state this one replaced
+	stats  *backend.Stats // handler totals, shared with the state this one replaced
 
 	// inherited are the backend stats of the state this one replaced, by
 	// address, handed to the same backends when discovery finds them.
@@ -69,26 +69,26 @@ type healthTracker interface {
 	Stop()
 }
 
-func newServerState(s *Server) *serverState {
-	st := &serverState{
-		name:       s.name,
-		logger:     s.logger,
-		source:     s.source,
+func newState(h *Handler) *state {
+	st := &state{
+		name:       h.Name,
+		logger:     h.logger,
+		source:     h.source,
 		discovered: map[string]*backend.Backend{},
 		ready:      make(chan struct{}),
 	}
 	empty := []*backend.Backend{}
 	st.pool.Store(&empty)
 
-	// A changed server's new state takes over from the running one: server
+	// A changed handler's new state takes over from the running one: its
 	// totals, the stats of backends it still has, and what health checks
 	// knew, so statistics do not fall back to zero and known-down backends
-	// get no traffic when a server's config is edited.
-	var prev *serverState
-	if v, ok := running.Load(s.name); ok {
-		prev = v.(*Server).state
+	// get no traffic when a handler's config is edited.
+	var prev *state
+	if v, ok := running.Load(h.Name); ok {
+		prev = v.(*Handler).state
 	}
-	st.health = newHealth(s, st, prev)
+	st.health = newHealth(h, st, prev)
 	st.stats = new(backend.Stats)
 	if prev != nil {
 		st.stats = prev.stats
@@ -103,7 +103,7 @@ func newServerState(s *Server) *serverState {
 }
 
 // Destruct stops the state's goroutines when the last config using it is gone.
-func (st *serverState) Destruct() error {
+func (st *state) Destruct() error {
 	if st.cancel != nil {
 		st.cancel()
 	}
@@ -114,7 +114,7 @@ func (st *serverState) Destruct() error {
 
 // start runs discovery and rate sampling; only the first config that starts
 // the state does it.
-func (st *serverState) start() {
+func (st *state) start() {
 	st.startOnce.Do(func() {
 		ctx, cancel := context.WithCancel(context.Background())
 		st.cancel = cancel
@@ -130,13 +130,7 @@ func (st *serverState) start() {
 				st.logger.Warn("discovery failed; keeping the last good backend list unless failpolicy is setempty", zap.Error(err))
 			},
 		}
-		if d, ok := st.source.(interface{ DefaultTimeout() time.Duration }); ok {
-			r.DefaultTimeout = d.DefaultTimeout()
-		}
 		st.firstWait = time.Duration(st.source.Settings().Timeout)
-		if st.firstWait <= 0 {
-			st.firstWait = r.DefaultTimeout
-		}
 		if st.firstWait <= 0 {
 			st.firstWait = discovery.DefaultTimeout
 		}
@@ -146,8 +140,8 @@ func (st *serverState) start() {
 	})
 }
 
-// sample keeps the per-second rates of the server and its backends current.
-func (st *serverState) sample(ctx context.Context) {
+// sample keeps the per-second rates of the handler and its backends current.
+func (st *state) sample(ctx context.Context) {
 	t := time.NewTicker(backend.RateInterval)
 	defer t.Stop()
 	for {
@@ -168,7 +162,7 @@ func (st *serverState) sample(ctx context.Context) {
 // setDiscovered installs a new discovery result. Backends keep their Stats
 // across updates; a backend that leaves gets no new connections while its
 // open ones continue.
-func (st *serverState) setDiscovered(list []backend.Backend) {
+func (st *state) setDiscovered(list []backend.Backend) {
 	st.mu.Lock()
 	next := make(map[string]*backend.Backend, len(list))
 	added, removed := 0, 0
@@ -204,7 +198,7 @@ func (st *serverState) setDiscovered(list []backend.Backend) {
 	st.mu.Unlock()
 	if added > 0 || removed > 0 {
 		st.logger.Info("backends discovered", zap.Int("count", len(backends)), zap.Int("added", added), zap.Int("removed", removed))
-		st.emit("between.discovery_updated", map[string]any{"server": st.name, "count": len(backends), "added": added, "removed": removed})
+		st.emit("between.discovery_updated", map[string]any{"handler": st.name, "count": len(backends), "added": added, "removed": removed})
 	}
 	st.health.Update(backends)
 	st.rebuild()
@@ -212,11 +206,11 @@ func (st *serverState) setDiscovered(list []backend.Backend) {
 }
 
 // markReady ends the wait of clients that arrived before the first discovery result.
-func (st *serverState) markReady() {
+func (st *state) markReady() {
 	st.readyOnce.Do(func() { close(st.ready) })
 }
 
-func (st *serverState) sortedLocked() []*backend.Backend {
+func (st *state) sortedLocked() []*backend.Backend {
 	out := make([]*backend.Backend, 0, len(st.discovered))
 	for _, b := range st.discovered {
 		out = append(out, b)
@@ -231,7 +225,7 @@ func (st *serverState) sortedLocked() []*backend.Backend {
 }
 
 // rebuild publishes a new election snapshot from discovery and health.
-func (st *serverState) rebuild() {
+func (st *state) rebuild() {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	all := st.sortedLocked()
@@ -245,14 +239,14 @@ func (st *serverState) rebuild() {
 }
 
 // healthChanged is called by health checking on every transition.
-func (st *serverState) healthChanged(addr string, healthy bool, reason string) {
+func (st *state) healthChanged(addr string, healthy bool, reason string) {
 	from, to, event := "up", "down", "between.backend_down"
 	if healthy {
 		from, to, event = "down", "up", "between.backend_up"
 	}
 	st.logger.Info("backend health changed", zap.String("backend", addr), zap.String("from", from), zap.String("to", to), zap.String("reason", reason))
 	st.rebuild()
-	st.emit(event, map[string]any{"server": st.name, "backend": addr, "reason": reason})
+	st.emit(event, map[string]any{"handler": st.name, "backend": addr, "reason": reason})
 }
 
 // eventSink is one config's events app.
@@ -262,7 +256,7 @@ type eventSink struct {
 }
 
 // emit sends a Caddy event through the newest config's events app.
-func (st *serverState) emit(name string, data map[string]any) {
+func (st *state) emit(name string, data map[string]any) {
 	if sink := st.events.Load(); sink != nil && sink.app != nil {
 		sink.app.Emit(sink.ctx, name, data)
 	}
@@ -270,7 +264,7 @@ func (st *serverState) emit(name string, data map[string]any) {
 
 // awaitDiscovery waits, at most the discovery timeout, for the first
 // discovery attempt after the state started.
-func (st *serverState) awaitDiscovery() {
+func (st *state) awaitDiscovery() {
 	select {
 	case <-st.ready:
 		return
@@ -285,14 +279,14 @@ func (st *serverState) awaitDiscovery() {
 }
 
 // discoveredCount reports how many backends discovery currently lists.
-func (st *serverState) discoveredCount() int {
+func (st *state) discoveredCount() int {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	return len(st.discovered)
 }
 
 // closeConnsAfter closes every open client connection after d.
-func (st *serverState) closeConnsAfter(d time.Duration) {
+func (st *state) closeConnsAfter(d time.Duration) {
 	time.AfterFunc(d, func() {
 		n := 0
 		st.conns.Range(func(k, _ any) bool {

@@ -1,7 +1,9 @@
-package modules
+package l4handler
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -75,4 +77,23 @@ func strictOnce(data []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	return dec.Decode(v)
+}
+
+// canonical is the form of a handler's JSON that its identity is computed
+// from: the "handler" key (which Caddy strips before decoding) removed, keys
+// sorted at every level, no white space. A handler's own UnmarshalJSON and
+// the config walk of the app (which sees the route's raw JSON) agree on it.
+func canonical(raw []byte) (json.RawMessage, error) {
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, err
+	}
+	delete(m, "handler")
+	return json.Marshal(m)
+}
+
+// configHash is the hex SHA-256 (first 8 bytes) of a canonical config.
+func configHash(canon []byte) string {
+	sum := sha256.Sum256(canon)
+	return hex.EncodeToString(sum[:8])
 }

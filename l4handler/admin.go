@@ -1,4 +1,4 @@
-package modules
+package l4handler
 
 import (
 	"encoding/json"
@@ -14,12 +14,13 @@ func init() {
 	caddy.RegisterModule(AdminAPI{})
 }
 
-// running maps a server name to the Server of the newest started config.
-var running sync.Map // string -> *Server
+// running maps a handler name to the Handler of the newest started config.
+var running sync.Map // string -> *Handler
 
 // AdminAPI serves Between's endpoints on Caddy's admin API:
 //
-//	GET /between/servers              names of the running servers
+//	GET /between/servers              every running between handler: name, where it
+//	                                  is configured, its config and live totals
 //	GET /between/servers/{name}/stats live statistics (gobetween's shape)
 //
 // Caddy loads it automatically with the admin endpoint.
@@ -38,7 +39,8 @@ func (a AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{Pattern: "/between/", Handler: caddy.AdminHandlerFunc(a.serve)}}
 }
 
-// ServerStats is the body of GET /between/servers/{name}/stats.
+// ServerStats is the body of GET /between/servers/{name}/stats (gobetween's
+// name for what Between calls a handler).
 type ServerStats struct {
 	ActiveConnections  int64          `json:"active_connections"`  // open client connections
 	TotalConnections   uint64         `json:"total_connections"`   // clients served since start
@@ -48,6 +50,18 @@ type ServerStats struct {
 	RxSecond           uint64         `json:"rx_second"`           // rx per second over the last 2 s
 	TxSecond           uint64         `json:"tx_second"`           // tx per second over the last 2 s
 	Backends           []BackendStats `json:"backends"`            // discovered backends, by host:port
+}
+
+// HandlerInfo is one entry of GET /between/servers.
+type HandlerInfo struct {
+	Name               string          `json:"name"`                // handler name
+	Locations          []Location      `json:"locations"`           // where it is configured
+	Config             json.RawMessage `json:"config"`              // its JSON config
+	ActiveConnections  int64           `json:"active_connections"`  // open client connections
+	TotalConnections   uint64          `json:"total_connections"`   // clients served since start
+	RefusedConnections uint64          `json:"refused_connections"` // clients refused
+	RxTotal            uint64          `json:"rx_total"`            // bytes backend -> client
+	TxTotal            uint64          `json:"tx_total"`            // bytes client -> backend
 }
 
 // BackendStats is one backend in ServerStats, sorted by host:port.
@@ -81,22 +95,31 @@ func (AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/between/"), "/"), "/")
 	switch {
 	case len(parts) == 1 && parts[0] == "servers":
-		names := []string{}
-		running.Range(func(k, _ any) bool { names = append(names, k.(string)); return true })
-		sort.Strings(names)
-		return writeJSON(w, names)
+		list := []HandlerInfo{}
+		running.Range(func(_, v any) bool {
+			h := v.(*Handler)
+			s := h.state.stats.Snapshot()
+			list = append(list, HandlerInfo{
+				Name: h.Name, Locations: h.app.locations(h.Name), Config: h.raw,
+				ActiveConnections: s.Active, TotalConnections: s.Total, RefusedConnections: s.Refused,
+				RxTotal: s.Rx, TxTotal: s.Tx,
+			})
+			return true
+		})
+		sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
+		return writeJSON(w, list)
 	case len(parts) == 3 && parts[0] == "servers" && parts[2] == "stats":
 		v, ok := running.Load(parts[1])
 		if !ok {
 			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errUnknownServer(parts[1])}
 		}
-		return writeJSON(w, v.(*Server).state.snapshot())
+		return writeJSON(w, v.(*Handler).state.snapshot())
 	}
 	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errNotFound}
 }
 
-// snapshot collects the server's statistics.
-func (st *serverState) snapshot() ServerStats {
+// snapshot collects the handler's statistics.
+func (st *state) snapshot() ServerStats {
 	s := st.stats.Snapshot()
 	out := ServerStats{
 		ActiveConnections: s.Active, TotalConnections: s.Total, RefusedConnections: s.Refused,
@@ -137,6 +160,6 @@ const (
 	errNotFound = adminError("not found")
 )
 
-func errUnknownServer(name string) error { return adminError("unknown server " + name) }
+func errUnknownServer(name string) error { return adminError("unknown between handler " + name) }
 
 var _ caddy.AdminRouter = (*AdminAPI)(nil)

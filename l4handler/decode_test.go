@@ -1,4 +1,4 @@
-package modules
+package l4handler
 
 import (
 	"encoding/json"

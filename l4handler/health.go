@@ -1,4 +1,4 @@
-package modules
+package l4handler
 
 import (
 	"github.com/caddy-between/between/backend"
@@ -6,17 +6,17 @@ import (
 	"go.uber.org/zap"
 )
 
-// newHealth builds the health tracker of a server state: the scheduler of
+// newHealth builds the health tracker of a handler state: the scheduler of
 // its active check and passive health, or allHealthy when it has neither.
-func newHealth(s *Server, st *serverState, prev *serverState) healthTracker {
-	passive := s.PassiveHealth
+func newHealth(h *Handler, st *state, prev *state) healthTracker {
+	passive := h.PassiveHealth
 	if passive != nil && passive.MaxFails == 0 {
 		passive = nil
 	}
-	if s.checker == nil && passive == nil {
+	if h.checker == nil && passive == nil {
 		return allHealthy{}
 	}
-	sch := healthchecks.NewScheduler(s.checker, passive, st.healthChanged)
+	sch := healthchecks.NewScheduler(h.checker, passive, st.healthChanged)
 	if prev != nil {
 		if ps, ok := prev.health.(*healthchecks.Scheduler); ok {
 			sch.Inherit = ps.Statuses()
@@ -28,7 +28,7 @@ func newHealth(s *Server, st *serverState, prev *serverState) healthTracker {
 	return sch
 }
 
-// allHealthy is the tracker of a server without health checks.
+// allHealthy is the tracker of a handler without health checks.
 type allHealthy struct{}
 
 // Update ignores discovery changes: every backend is healthy.

@@ -1,4 +1,4 @@
-package modules
+package l4handler
 
 import (
 	"fmt"
@@ -43,13 +43,6 @@ func (a *Access) provision() error {
 		a.rules = append(a.rules, rule)
 	}
 	return nil
-}
-
-// CheckAccessRule reports whether rule is a valid access rule
-// ("allow|deny IP-or-CIDR"), for config adapters that check early.
-func CheckAccessRule(rule string) error {
-	_, err := parseAccessRule(rule)
-	return err
 }
 
 func parseAccessRule(s string) (accessRule, error) {

@@ -1,0 +1,198 @@
+package l4handler
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/caddy-between/between/backend"
+	"github.com/caddy-between/between/balancers"
+	"github.com/caddy-between/between/tcpproxy"
+	"github.com/mholt/caddy-l4/layer4"
+	"go.uber.org/zap"
+)
+
+// Handle serves one client connection from election to close. It never calls
+// next: the handler is terminal. Refusals and backend failures are counted
+// and logged here, so it returns nil (caddy-l4 would log a returned error a
+// second time).
+func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
+	st := h.state
+	client := balancers.Client{}
+	client.IP, client.Port = clientAddr(cx.RemoteAddr())
+	if !h.Access.allowed(client.IP) {
+		st.stats.AddRefused()
+		if ce := h.logger.Check(zap.DebugLevel, "client denied by access rules"); ce != nil {
+			ce.Write(zap.Stringer("client", cx.RemoteAddr()))
+		}
+		return nil
+	}
+	if !st.stats.TryAddActive(int64(h.MaxConnections)) {
+		st.stats.AddRefused()
+		h.logger.Warn("client refused: handler at max_connections", zap.Stringer("client", cx.RemoteAddr()), zap.Int("max_connections", h.MaxConnections))
+		return nil
+	}
+	defer st.stats.AddActive(-1)
+
+	// The socket the bytes are copied from: the raw *net.TCPConn on plain TCP
+	// (so that the kernel splices), else (after caddy-l4's tls or
+	// proxy_protocol handlers) the connection as caddy-l4 wrapped it.
+	var down net.Conn = cx
+	if _, ok := cx.Conn.(*net.TCPConn); ok {
+		down = cx.Conn
+	}
+	if h.DrainTimeout > 0 {
+		// only a drain_timeout ever closes connections from outside
+		st.conns.Store(down, struct{}{})
+		defer st.conns.Delete(down)
+	}
+
+	// Bytes caddy-l4's matchers already read (a tls matcher's ClientHello,
+	// an http matcher's request line) go to the backend first.
+	pb := prefixPool.Get().(*[]byte)
+	defer func() { *pb = (*pb)[:0]; prefixPool.Put(pb) }()
+	prefix := *pb
+	if h.sni != nil {
+		if name, ok := cx.Replacer().Get("l4.tls.server_name"); ok {
+			client.SNI, _ = name.(string)
+		} else {
+			// no tls matcher ran: read the ClientHello ourselves, through
+			// cx so that any byte a matcher read comes first
+			var peeked []byte
+			client.SNI, peeked = h.peekSNI(cx)
+			prefix = append(prefix, peeked...)
+		}
+	}
+	if down != net.Conn(cx) {
+		if n := len(cx.MatchingBytes()); n > 0 {
+			prefix = append(prefix, make([]byte, n)...)
+			if _, err := io.ReadFull(cx, prefix[len(prefix)-n:]); err != nil {
+				return nil
+			}
+		}
+	}
+	*pb = prefix
+
+	st.awaitDiscovery()
+	b, up, err := h.connect(&client)
+	if err != nil {
+		st.stats.AddRefused()
+		h.logger.Warn("client refused", zap.Stringer("client", cx.RemoteAddr()), zap.String("sni", client.SNI), zap.String("reason", err.Error()))
+		return nil
+	}
+	defer b.Release()
+	st.stats.AddTotal()
+	b.Stats.AddTotal()
+	if len(prefix) > 0 {
+		if _, err := up.Write(prefix); err != nil {
+			up.Close()
+			return nil
+		}
+		b.Stats.AddTx(int64(len(prefix)))
+		st.stats.AddTx(int64(len(prefix)))
+	}
+	res := tcpproxy.Proxy(down, up, tcpproxy.Options{
+		ClientIdle:  time.Duration(h.ClientIdleTimeout),
+		BackendIdle: time.Duration(h.BackendIdleTimeout),
+		OnTx:        func(n int64) { b.Stats.AddTx(n); st.stats.AddTx(n) },
+		OnRx:        func(n int64) { b.Stats.AddRx(n); st.stats.AddRx(n) },
+	})
+	if ce := h.logger.Check(zap.DebugLevel, "connection closed"); ce != nil {
+		ce.Write(zap.Stringer("client", cx.RemoteAddr()), zap.String("backend", b.Address()),
+			zap.Int64("tx", res.Tx), zap.Int64("rx", res.Rx), zap.Bool("idle_timeout", res.Idle), zap.Error(res.Err))
+	}
+	return nil
+}
+
+// prefixPool holds the buffers of bytes read before the backend was chosen.
+var prefixPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// clientAddr is the client's address for access rules and hashing: the one
+// caddy-l4 reports, which after its proxy_protocol handler is the address
+// the PROXY header declared.
+func clientAddr(a net.Addr) (netip.Addr, uint16) {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ap := a.AddrPort()
+		return ap.Addr().Unmap(), ap.Port()
+	case *net.UDPAddr:
+		ap := a.AddrPort()
+		return ap.Addr().Unmap(), ap.Port()
+	case nil:
+		return netip.Addr{}, 0
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}, 0
+	}
+	return ap.Addr().Unmap(), ap.Port()
+}
+
+// connect elects a backend and dials it, electing again among the others on
+// failure up to retries times. The returned backend has been Acquired.
+func (h *Handler) connect(c *balancers.Client) (*backend.Backend, net.Conn, error) {
+	st := h.state
+	pool := *st.pool.Load()
+	if h.sni != nil {
+		h.sni.Prepare(c, pool)
+	}
+	failures := 0
+	var lastErr error
+	// each loop either dials or skips a backend, so it ends within len(pool)+retries+1 turns
+	for range len(pool) + h.retries + 1 {
+		b, err := h.balancer.Elect(c, pool)
+		if err != nil {
+			if lastErr != nil {
+				return nil, nil, lastErr
+			}
+			return nil, nil, h.explain(err, c)
+		}
+		if !b.Acquire() {
+			// filled up between election and now
+			c.Skip = append(c.Skip, b)
+			continue
+		}
+		conn, err := h.dialer.DialContext(context.Background(), "tcp", b.Address())
+		if err == nil {
+			st.health.DialSucceeded(b.Address())
+			return b, conn, nil
+		}
+		b.Release()
+		b.Stats.AddRefused()
+		st.health.DialFailed(b.Address())
+		h.logger.Warn("backend dial failed", zap.String("backend", b.Address()), zap.Error(err))
+		lastErr = errors.New("dial failed on every tried backend: " + err.Error())
+		failures++
+		if failures > h.retries {
+			break
+		}
+		c.Skip = append(c.Skip, b)
+	}
+	if lastErr == nil {
+		lastErr = errors.New("no eligible backend")
+	}
+	return nil, nil, lastErr
+}
+
+// explain turns an election error into the reason a client is refused.
+func (h *Handler) explain(err error, c *balancers.Client) error {
+	switch {
+	case errors.Is(err, balancers.ErrNoBackends):
+		if h.state.discoveredCount() == 0 {
+			return errors.New("no backends discovered")
+		}
+		return errors.New("no healthy backends")
+	case errors.Is(err, balancers.ErrAllFull):
+		return errors.New("all eligible backends are at max_connections")
+	case errors.Is(err, balancers.ErrNoMatch):
+		if c.SNI == "" {
+			return errors.New("client sent no SNI and no backend serves clients without one")
+		}
+		return errors.New("no backend matches SNI " + c.SNI)
+	}
+	return err
+}
