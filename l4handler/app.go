@@ -1,6 +1,7 @@
 package l4handler
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -17,7 +18,7 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(App{})
+	caddy.RegisterModule(new(App))
 }
 
 // App is the `between` companion app. It owns no listener: every `between`
@@ -61,7 +62,7 @@ func (l Location) String() string {
 }
 
 // CaddyModule returns the Caddy module information.
-func (App) CaddyModule() caddy.ModuleInfo {
+func (*App) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "between",
 		New: func() caddy.Module { return new(App) },
@@ -77,6 +78,24 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading the events app: %w", err)
 	}
 	a.events = ev.(*caddyevents.App)
+	// Caddy emits "started" once every app of the config has started, so
+	// the events app has subscribed its handlers by then.
+	if err := a.events.On("started", startedHook{a}); err != nil {
+		return fmt.Errorf("subscribing to the events app: %w", err)
+	}
+	return nil
+}
+
+// startedHook hands this config's events app to its handlers' states once
+// the whole config has started.
+type startedHook struct{ a *App }
+
+// Handle is called with Caddy's "started" event.
+func (s startedHook) Handle(context.Context, caddy.Event) error {
+	handlers, _ := s.a.unique()
+	for _, h := range handlers {
+		h.state.setEvents(&eventSink{ctx: s.a.ctx, app: s.a.events})
+	}
 	return nil
 }
 
@@ -227,7 +246,6 @@ func (a *App) locations(name string) []Location {
 func (a *App) Start() error {
 	handlers, _ := a.unique()
 	for _, h := range handlers {
-		h.state.events.Store(&eventSink{ctx: a.ctx, app: a.events})
 		h.state.start()
 		running.Store(h.Name, h)
 		a.logger.Info("between handler started", zap.String("handler", h.Name), zap.Any("locations", a.locations(h.Name)))

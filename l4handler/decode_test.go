@@ -13,17 +13,18 @@ func TestDecodeStrictNamesTheField(t *testing.T) {
 		json string
 		want []string
 	}{
-		{"unknown field", `{"listen":["127.0.0.1:1"],"listne":["x"]}`, []string{"listne"}},
+		{"unknown field", `{"name":"x","retires":1}`, []string{"retires"}},
 		{"bad duration", `{"client_idle_timeout":"5parsecs"}`, []string{"client_idle_timeout"}},
-		{"bad duration among others", `{"listen":["127.0.0.1:1"],"backend_idle_timeout":"1s","drain_timeout":"soon","retries":1}`, []string{"drain_timeout"}},
+		{"bad duration among others", `{"name":"x","backend_idle_timeout":"1s","drain_timeout":"soon","retries":1}`, []string{"drain_timeout"}},
 		{"retries as string", `{"retries":"2"}`, []string{"retries"}},
 		{"max_connections as string", `{"max_connections":"many"}`, []string{"max_connections"}},
-		{"listen as string", `{"listen":"127.0.0.1:1"}`, []string{"listen"}},
-		{"nested wrong type", `{"access":{"default":1}}`, []string{"access.default"}},
+		{"name as number", `{"name":1}`, []string{"name"}},
+		{"udp is not a field yet", `{"udp":{"max_responses":1}}`, []string{"udp"}},
+		{"nested wrong type", `{"access":{"default":1}}`, []string{`field "access": field "default"`}},
 		{"nested unknown field", `{"access":{"defualt":"deny"}}`, []string{"defualt"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := decodeStrict([]byte(tc.json), new(Server))
+			err := decodeStrict([]byte(tc.json), new(Handler))
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -37,8 +38,8 @@ func TestDecodeStrictNamesTheField(t *testing.T) {
 }
 
 func TestDecodeStrictValid(t *testing.T) {
-	var s Server
-	err := decodeStrict([]byte(`{"listen":["127.0.0.1:1"],"retries":0,"client_idle_timeout":"1m30s","drain_timeout":1000}`), &s)
+	var s Handler
+	err := json.Unmarshal([]byte(`{"name":"x","retries":0,"client_idle_timeout":"1m30s","drain_timeout":1000}`), &s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,49 +51,27 @@ func TestDecodeStrictValid(t *testing.T) {
 	}
 }
 
-func TestAppUnmarshalNamesTheServer(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		json string
-		want []string
-	}{
-		{"bad field", `{"servers":{"ok":{"retries":1},"x":{"retries":"two"}}}`, []string{`server "x"`, "retries"}},
-		{"unknown field", `{"servers":{"x":{"nosuchfield":1}}}`, []string{`server "x"`, "nosuchfield"}},
-		{"bad duration", `{"servers":{"x":{"client_idle_timeout":"later"}}}`, []string{`server "x"`, "client_idle_timeout"}},
-		{"unknown app field", `{"servers":{},"sevrers":{}}`, []string{"sevrers"}},
-		{"empty server name", `{"servers":{"":{}}}`, []string{"name"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var a App
-			err := json.Unmarshal([]byte(tc.json), &a)
-			if err == nil {
-				t.Fatal("no error")
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
-				}
-			}
-		})
-	}
-}
-
-func TestAppUnmarshalKeysByConfig(t *testing.T) {
-	load := func(js string) *App {
+// TestHandlerIdentity: the state key depends on the config, not on its
+// white space or key order; an unnamed handler is named after its hash.
+func TestHandlerIdentity(t *testing.T) {
+	decode := func(js string) *Handler {
 		t.Helper()
-		var a App
-		if err := json.Unmarshal([]byte(js), &a); err != nil {
+		var h Handler
+		if err := json.Unmarshal([]byte(js), &h); err != nil {
 			t.Fatal(err)
 		}
-		return &a
+		return &h
 	}
-	a := load(`{"servers":{"x":{"listen":["127.0.0.1:1"],"retries":1}}}`)
-	b := load(`{"servers":{"x":{ "listen" : [ "127.0.0.1:1" ] , "retries":1 }}}`)
-	c := load(`{"servers":{"x":{"listen":["127.0.0.1:1"],"retries":2}}}`)
-	if a.Servers["x"].key != b.Servers["x"].key {
-		t.Errorf("white space changes the state key: %q vs %q", a.Servers["x"].key, b.Servers["x"].key)
+	a := decode(`{"name":"x","retries":1,"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}`)
+	b := decode(`{ "discovery" : {"static_list":["127.0.0.1:1"], "kind":"static"}, "retries":1 , "name":"x"}`)
+	c := decode(`{"name":"x","retries":2,"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}`)
+	if a.hash != b.hash {
+		t.Errorf("white space or key order change the hash: %q vs %q", a.hash, b.hash)
 	}
-	if a.Servers["x"].key == c.Servers["x"].key {
-		t.Errorf("a changed server keeps its state key %q", a.Servers["x"].key)
+	if a.hash == c.hash {
+		t.Errorf("a changed config keeps its hash %q", a.hash)
+	}
+	if len(a.hash) != 16 {
+		t.Errorf("hash %q: want 16 hex digits", a.hash)
 	}
 }

@@ -2,59 +2,31 @@ package l4handler
 
 import (
 	"encoding/json"
+	"fmt"
+	"net"
 	"strings"
-	"sync"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	_ "github.com/mholt/caddy-l4"
+
+	_ "github.com/caddy-between/between/balancers"
+	_ "github.com/caddy-between/between/discovery"
+	_ "github.com/caddy-between/between/healthchecks"
+	_ "github.com/caddy-between/between/listeners"
 )
 
-var (
-	baseCtxOnce sync.Once
-	baseCtx     caddy.Context
-	baseCtxErr  error
-)
-
-// newTestContext returns a caddy.Context of an empty config, as `caddy
-// validate` provisions with; the app finds Caddy's other apps (events)
-// through it. Modules loaded through it are cleaned up with the test.
-func newTestContext(t *testing.T) caddy.Context {
-	t.Helper()
-	baseCtxOnce.Do(func() {
-		baseCtx, baseCtxErr = caddy.ProvisionContext(&caddy.Config{Admin: &caddy.AdminConfig{Disabled: true}})
-	})
-	if baseCtxErr != nil {
-		t.Fatalf("caddy context: %v", baseCtxErr)
-	}
-	ctx, cancel := caddy.NewContext(baseCtx)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// provisionApp decodes js into an App and provisions it; the app is cleaned
-// up at the end of the test whatever the outcome (Caddy cleans up a module
-// whose Provision failed, too).
-func provisionApp(t *testing.T, js string) error {
-	t.Helper()
-	var a App
-	if err := json.Unmarshal([]byte(js), &a); err != nil {
-		t.Fatalf("unmarshal: %v", err)
-	}
-	err := a.Provision(newTestContext(t))
-	t.Cleanup(func() {
-		if cerr := a.Cleanup(); cerr != nil {
-			t.Errorf("cleanup: %v", cerr)
-		}
-	})
-	return err
-}
-
-// server builds the JSON of an app with one server "x" that has a valid
-// listen and discovery, with the given fields added or replaced.
-func server(fields string) string {
+// handlerJSON is a valid between handler named name with the given fields
+// added or replaced ("null" removes one).
+func handlerJSON(name, fields string) string {
 	base := map[string]json.RawMessage{
-		"listen":    json.RawMessage(`["127.0.0.1:40001"]`),
+		"handler":   json.RawMessage(`"between"`),
 		"discovery": json.RawMessage(`{"kind":"static","static_list":["127.0.0.1:40002"]}`),
+	}
+	if name != "" {
+		base["name"], _ = json.Marshal(name)
 	}
 	if fields != "" {
 		var extra map[string]json.RawMessage
@@ -70,87 +42,156 @@ func server(fields string) string {
 		}
 	}
 	s, _ := json.Marshal(base)
-	return `{"servers":{"x":` + string(s) + `}}`
+	return string(s)
 }
 
-func TestProvisionValid(t *testing.T) {
-	for _, tc := range []struct{ name, json string }{
-		{"minimal", server("")},
-		{"every implemented field", server(`
-			"listen": ["127.0.0.1:40010", "[::1]:40011", "127.0.0.1:40020-40025", "tcp4/127.0.0.2:40030"],
-			"protocol": "tcp",
-			"balance": {"policy": "roundrobin"},
-			"max_connections": 10,
-			"client_idle_timeout": "1m", "backend_idle_timeout": "2m", "backend_connection_timeout": "1s",
-			"retries": 0,
-			"drain_timeout": "5s",
-			"access": {"default": "deny", "rules": ["allow 127.0.0.1", "allow ::1/128"]},
-			"passive_health": {"max_fails": 2, "fail_duration": "10s"},
-			"sni": {"read_timeout": "1s", "hostname_matching_strategy": "regexp", "unexpected_hostname_strategy": "reject"},
-			"tls": {}, "udp": null, "listener_wrappers": []`)},
-		{"two servers", `{"servers":{
-			"a": {"listen":["127.0.0.1:40040"],"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}},
-			"b": {"listen":["127.0.0.1:40041"],"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}}}`},
-		{"no servers", `{}`},
+// server is a layer4 server listening on listen with one route per handler list.
+func server(listen string, routes ...string) string {
+	rs := make([]string, len(routes))
+	for i, r := range routes {
+		rs[i] = `{"handle":[` + r + `]}`
+	}
+	return fmt.Sprintf(`{"listen":[%q],"routes":[%s]}`, listen, strings.Join(rs, ","))
+}
+
+// config is a whole Caddy config with the given layer4 servers (name -> JSON).
+func config(servers map[string]string) []byte {
+	parts := make([]string, 0, len(servers))
+	for n, s := range servers {
+		parts = append(parts, fmt.Sprintf("%q:%s", n, s))
+	}
+	return []byte(`{"admin":{"disabled":true},"logging":{"logs":{"default":{"level":"ERROR"}}},` +
+		`"apps":{"layer4":{"servers":{` + strings.Join(parts, ",") + `}}}}`)
+}
+
+// validate runs caddy validate's path (provision everything, clean up).
+func validate(t *testing.T, cfgJSON []byte) error {
+	t.Helper()
+	var cfg caddy.Config
+	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	return caddy.Validate(&cfg)
+}
+
+// freeAddr is a loopback TCP address that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// run loads cfgJSON into the in-process Caddy (a reload when one runs);
+// Caddy stops at the end of the test.
+func run(t *testing.T, cfgJSON []byte) {
+	t.Helper()
+	if err := caddy.Load(cfgJSON, true); err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+	t.Cleanup(func() { caddy.Stop() })
+}
+
+// runningHandler is the started handler of that name.
+func runningHandler(t *testing.T, name string) *Handler {
+	t.Helper()
+	v, ok := running.Load(name)
+	if !ok {
+		t.Fatalf("no running handler %q", name)
+	}
+	return v.(*Handler)
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestValidateValid(t *testing.T) {
+	full := handlerJSON("x", `
+		"balance": {"policy": "roundrobin"},
+		"max_connections": 10,
+		"client_idle_timeout": "1m", "backend_idle_timeout": "2m", "backend_connection_timeout": "1s",
+		"retries": 0,
+		"drain_timeout": "5s",
+		"access": {"default": "deny", "rules": ["allow 127.0.0.1", "allow ::1/128"]},
+		"passive_health": {"max_fails": 2, "fail_duration": "10s"},
+		"healthcheck": {"kind": "ping", "interval": "1s", "timeout": "500ms"},
+		"sni": {"read_timeout": "1s", "hostname_matching_strategy": "regexp", "unexpected_hostname_strategy": "reject"}`)
+	for _, tc := range []struct {
+		name    string
+		servers map[string]string
+	}{
+		{"minimal", map[string]string{"a": server("127.0.0.1:40001", handlerJSON("x", ""))}},
+		{"every field", map[string]string{"a": server("between+tcp/127.0.0.1:40001", full)}},
+		{"unnamed", map[string]string{"a": server("127.0.0.1:40001", handlerJSON("", ""))}},
+		{"same name, same config, two routes", map[string]string{
+			"a": server("127.0.0.1:40001", handlerJSON("x", "")),
+			"b": server("127.0.0.1:40003", handlerJSON("x", "")),
+		}},
+		{"two handlers", map[string]string{
+			"a": server("127.0.0.1:40001", handlerJSON("x", ""), handlerJSON("y", `"retries":1`)),
+		}},
+		{"after caddy-l4 handlers", map[string]string{
+			"a": server("127.0.0.1:40001", `{"handler":"proxy_protocol"},`+handlerJSON("x", "")),
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := provisionApp(t, tc.json); err != nil {
+			if err := validate(t, config(tc.servers)); err != nil {
 				t.Fatal(err)
 			}
 		})
 	}
 }
 
-func TestProvisionErrors(t *testing.T) {
+// TestValidateErrors: every bad input fails caddy validate with an error that
+// names the layer4 server, the route and the field.
+func TestValidateErrors(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		json string
-		want []string // besides `server "x"`
+		name   string
+		fields string
+		want   []string
 	}{
-		{"bad listen address", server(`"listen":["127.0.0.1:notaport"]`), []string{"listen[0]", "notaport"}},
-		{"bad listen address second", server(`"listen":["127.0.0.1:40001","127.0.0.1:2-1"]`), []string{"listen[1]"}},
-		{"listen without port", server(`"listen":["127.0.0.1"]`), []string{"listen[0]", "port"}},
-		{"listen missing", server(`"listen":null`), []string{"listen"}},
-		{"listen network disagrees with protocol", server(`"listen":["udp/127.0.0.1:40001"]`), []string{"listen[0]", "udp"}},
-		{"protocol udp", server(`"protocol":"udp"`), []string{"protocol", "udp"}},
-		{"protocol tls", server(`"protocol":"tls"`), []string{"protocol", "tls"}},
-		{"protocol unknown", server(`"protocol":"sctp"`), []string{"protocol", "sctp"}},
-		{"unknown policy", server(`"balance":{"policy":"nosuch"}`), []string{"balance", "nosuch"}},
-		{"missing discovery", server(`"discovery":null`), []string{"discovery"}},
-		{"unknown discovery kind", server(`"discovery":{"kind":"nosuchkind"}`), []string{"discovery", "nosuchkind"}},
-		{"empty static list", server(`"discovery":{"kind":"static"}`), []string{"discovery", "static_list"}},
-		{"bad static line", server(`"discovery":{"kind":"static","static_list":["127.0.0.1:1","nope"]}`), []string{"discovery", "static_list[1]"}},
-		{"bad failpolicy", server(`"discovery":{"kind":"static","static_list":["127.0.0.1:1"],"failpolicy":"panic"}`), []string{"discovery", "failpolicy"}},
-		{"negative max_connections", server(`"max_connections":-1`), []string{"max_connections"}},
-		{"negative retries", server(`"retries":-1`), []string{"retries"}},
-		{"negative client_idle_timeout", server(`"client_idle_timeout":-1`), []string{"client_idle_timeout"}},
-		{"negative drain_timeout", server(`"drain_timeout":"-5s"`), []string{"drain_timeout"}},
-		{"bad access rule", server(`"access":{"rules":["allow 1.2.3.4","deny nothing"]}`), []string{"access.rules[1]"}},
-		{"bad access default", server(`"access":{"default":"maybe"}`), []string{"access.default"}},
-		{"negative passive max_fails", server(`"passive_health":{"max_fails":-1}`), []string{"passive_health.max_fails"}},
-		{"reserved tls", server(`"tls":{"cert_path":"/x"}`), []string{"tls"}},
-		{"reserved udp", server(`"udp":{"max_requests":1}`), []string{"udp"}},
-		{"reserved proxy_protocol", server(`"proxy_protocol":{"version":"1"}`), []string{"proxy_protocol"}},
-		{"reserved backends_tls", server(`"backends_tls":{"ignore_verify":true}`), []string{"backends_tls"}},
-		{"reserved listener_wrappers", server(`"listener_wrappers":[{"wrapper":"proxy_protocol"}]`), []string{"listener_wrappers"}},
-		{"bad sni matching strategy", server(`"sni":{"hostname_matching_strategy":"fuzzy"}`), []string{"sni", "fuzzy"}},
-		{"bad sni unexpected strategy", server(`"sni":{"unexpected_hostname_strategy":"shrug"}`), []string{"sni", "shrug"}},
-		{"negative sni read_timeout", server(`"sni":{"read_timeout":"-1s"}`), []string{"sni.read_timeout"}},
-		{
-			"listen address used by two servers",
-			`{"servers":{
-				"w": {"listen":["127.0.0.1:40050"],"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}},
-				"x": {"listen":["127.0.0.1:40049-40051"],"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}}}`,
-			[]string{"listen", "127.0.0.1:40050", `server "w"`},
-		},
+		{"unknown policy", `"balance":{"policy":"nosuch"}`, []string{"balance", "nosuch"}},
+		{"missing discovery", `"discovery":null`, []string{"discovery"}},
+		{"unknown discovery kind", `"discovery":{"kind":"nosuchkind"}`, []string{"discovery", "nosuchkind"}},
+		{"empty static list", `"discovery":{"kind":"static"}`, []string{"discovery", "static_list"}},
+		{"bad static line", `"discovery":{"kind":"static","static_list":["127.0.0.1:1","nope"]}`, []string{"discovery", "static_list[1]"}},
+		{"bad failpolicy", `"discovery":{"kind":"static","static_list":["127.0.0.1:1"],"failpolicy":"panic"}`, []string{"discovery", "failpolicy"}},
+		{"negative max_connections", `"max_connections":-1`, []string{"max_connections"}},
+		{"negative retries", `"retries":-1`, []string{"retries"}},
+		{"negative client_idle_timeout", `"client_idle_timeout":-1`, []string{"client_idle_timeout"}},
+		{"bad duration", `"backend_idle_timeout":"later"`, []string{"backend_idle_timeout"}},
+		{"negative drain_timeout", `"drain_timeout":"-5s"`, []string{"drain_timeout"}},
+		{"bad access rule", `"access":{"rules":["allow 1.2.3.4","deny nothing"]}`, []string{"access.rules[1]"}},
+		{"bad access default", `"access":{"default":"maybe"}`, []string{"access.default"}},
+		{"negative passive max_fails", `"passive_health":{"max_fails":-1}`, []string{"passive_health.max_fails"}},
+		{"bad sni matching strategy", `"sni":{"hostname_matching_strategy":"fuzzy"}`, []string{"sni", "fuzzy"}},
+		{"bad sni unexpected strategy", `"sni":{"unexpected_hostname_strategy":"shrug"}`, []string{"sni", "shrug"}},
+		{"negative sni read_timeout", `"sni":{"read_timeout":"-1s"}`, []string{"sni.read_timeout"}},
+		{"unknown field", `"retires":3`, []string{"retires"}},
+		{"udp block", `"udp":{"max_responses":1}`, []string{"udp"}},
+		{"listen is the server's", `"listen":["127.0.0.1:1"]`, []string{"listen"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := provisionApp(t, tc.json)
+			cfg := config(map[string]string{
+				"edge": server("127.0.0.1:40001", `{"handler":"echo"}`, handlerJSON("x", tc.fields)),
+			})
+			err := validate(t, cfg)
 			if err == nil {
 				t.Fatal("no error")
 			}
-			t.Log(err)
-			for _, w := range append([]string{`server "x"`}, tc.want...) {
+			for _, w := range append([]string{"server 'edge'", "route 1"}, tc.want...) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not mention %q", err, w)
 				}
@@ -159,63 +200,122 @@ func TestProvisionErrors(t *testing.T) {
 	}
 }
 
-// TestProvisionSharesState checks that two loads of an unchanged server share
-// one state (what lets a reload keep stats and connections), and that a
-// changed server gets a new one.
-func TestProvisionSharesState(t *testing.T) {
-	load := func(js string) *App {
-		t.Helper()
-		var a App
-		if err := json.Unmarshal([]byte(js), &a); err != nil {
-			t.Fatal(err)
-		}
-		if err := a.Provision(newTestContext(t)); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { a.Cleanup() })
-		return &a
-	}
-	old := load(server(""))
-	same := load(server(""))
-	changed := load(server(`"retries":5`))
-	if old.Servers["x"].state != same.Servers["x"].state {
-		t.Error("an unchanged server got a new state")
-	}
-	if old.Servers["x"].state == changed.Servers["x"].state {
-		t.Error("a changed server kept the old state")
+// TestNameConflict: one name with two different configs is an error naming
+// both places, wherever they are (other server, nested subroute).
+func TestNameConflict(t *testing.T) {
+	sub := `{"handler":"subroute","routes":[{"handle":[` + handlerJSON("db", `"retries":5`) + `]}]}`
+	for _, tc := range []struct {
+		name    string
+		servers map[string]string
+		want    []string
+	}{
+		{"two servers", map[string]string{
+			"a": server("127.0.0.1:40001", handlerJSON("db", "")),
+			"b": server("127.0.0.1:40003", handlerJSON("db", `"retries":5`)),
+		}, []string{`"db"`, `layer4 server "a" route 0`, `layer4 server "b" route 0`}},
+		{"subroute", map[string]string{
+			"a": server("127.0.0.1:40001", handlerJSON("db", ""), sub),
+		}, []string{`"db"`, `layer4 server "a" route 0`, `layer4 server "a" route 1 subroute route 0`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := validate(t, config(tc.servers))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
 	}
 }
 
-// TestLoadThroughCaddy loads the app the way Caddy does (caddy validate,
-// caddy run): the error names the server and the field.
-func TestLoadThroughCaddy(t *testing.T) {
-	cfg := &caddy.Config{
-		Admin:   &caddy.AdminConfig{Disabled: true},
-		AppsRaw: caddy.ModuleMap{"between": json.RawMessage(server(`"max_connections":-3`))},
+// TestReloadKeepsState runs Caddy in process: an unchanged handler keeps its
+// state across a reload, a changed one gets a new state that inherits the
+// totals, and the handler knows where it is configured.
+func TestReloadKeepsState(t *testing.T) {
+	listen := "between+tcp/" + freeAddr(t)
+	sub := `{"handler":"subroute","routes":[{"handle":[` + handlerJSON("inner", "") + `]}]}`
+	first := config(map[string]string{"a": server(listen, handlerJSON("x", ""), sub)})
+	run(t, first)
+	h1 := runningHandler(t, "x")
+	if got := h1.app.locations("x"); len(got) != 1 || got[0].Server != "a" || got[0].Route != 0 || got[0].Listen[0] != listen {
+		t.Errorf("locations of x = %+v", got)
 	}
-	_, err := caddy.ProvisionContext(cfg)
-	if err == nil {
-		t.Fatal("no error")
+	if got := runningHandler(t, "inner").app.locations("inner"); len(got) != 1 || got[0].Route != 1 || len(got[0].Nested) != 1 || got[0].Nested[0] != 0 {
+		t.Errorf("locations of inner = %+v", got)
 	}
-	for _, w := range []string{"between", `server "x"`, "max_connections"} {
-		if !strings.Contains(err.Error(), w) {
-			t.Errorf("error %q does not mention %q", err, w)
-		}
+	h1.state.stats.AddTotal()
+
+	run(t, first)
+	h2 := runningHandler(t, "x")
+	if h2 == h1 {
+		t.Fatal("the reload did not replace the handler")
+	}
+	if h2.state != h1.state {
+		t.Error("an unchanged handler got a new state")
 	}
 
-	cfg = &caddy.Config{
-		Admin:   &caddy.AdminConfig{Disabled: true},
-		AppsRaw: caddy.ModuleMap{"between": json.RawMessage(server(""))},
+	run(t, config(map[string]string{"a": server(listen, handlerJSON("x", `"retries":4`))}))
+	h3 := runningHandler(t, "x")
+	if h3.state == h1.state {
+		t.Error("a changed handler kept the old state")
 	}
-	ctx, err := caddy.ProvisionContext(cfg)
+	if h3.state.stats != h1.state.stats || h3.state.stats.Snapshot().Total != 1 {
+		t.Error("a changed handler did not inherit the totals")
+	}
+	if _, ok := running.Load("inner"); ok {
+		t.Error("a removed handler is still listed as running")
+	}
+	waitFor(t, 2*time.Second, "the old states to be released", func() bool {
+		refs, ok := states.References(h1.key)
+		return !ok || refs == 0
+	})
+}
+
+// TestProxyThroughCaddy serves real connections through the in-process
+// layer4 app: bytes a matcher read are replayed to the backend.
+func TestProxyThroughCaddy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	app, err := ctx.App("between")
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64)
+				n, _ := c.Read(buf)
+				c.Write(append([]byte("got "), buf[:n]...))
+			}()
+		}
+	}()
+	listen := freeAddr(t)
+	h := handlerJSON("m", fmt.Sprintf(`"discovery":{"kind":"static","static_list":[%q]}`, ln.Addr().String()))
+	srv := fmt.Sprintf(`{"listen":[%q],"routes":[{"match":[{"http":[]}],"handle":[%s]}]}`, "between+tcp/"+listen, h)
+	run(t, config(map[string]string{"a": srv}))
+	c, err := net.DialTimeout("tcp", listen, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := app.(*App).Cleanup(); err != nil {
-		t.Error(err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	req := "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+	if _, err := c.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 128)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(buf[:n]); got != "got "+req {
+		t.Errorf("backend saw %q, want the whole request the http matcher read", got)
 	}
 }

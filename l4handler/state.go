@@ -52,8 +52,12 @@ type state struct {
 	conns sync.Map // net.Conn -> struct{}: open client connections, for draining
 
 	// events is where backend and discovery events go: the events app of the
-	// newest config that started this state.
-	events atomic.Pointer[eventSink]
+	// newest config that started this state. Until the first one has started
+	// (Caddy starts apps in no fixed order, and an events app subscribes its
+	// handlers in its own Start), events wait in pending.
+	evMu    sync.Mutex
+	events  *eventSink
+	pending []pendingEvent
 
 	startOnce sync.Once
 	cancel    context.CancelFunc
@@ -255,10 +259,40 @@ type eventSink struct {
 	app *caddyevents.App
 }
 
+// pendingEvent is an event emitted before any events app could take it.
+type pendingEvent struct {
+	name string
+	data map[string]any
+}
+
+// maxPending bounds the events kept for the first events app.
+const maxPending = 64
+
 // emit sends a Caddy event through the newest config's events app.
 func (st *state) emit(name string, data map[string]any) {
-	if sink := st.events.Load(); sink != nil && sink.app != nil {
-		sink.app.Emit(sink.ctx, name, data)
+	st.evMu.Lock()
+	sink := st.events
+	if sink == nil {
+		if len(st.pending) < maxPending {
+			st.pending = append(st.pending, pendingEvent{name, data})
+		}
+		st.evMu.Unlock()
+		return
+	}
+	st.evMu.Unlock()
+	sink.app.Emit(sink.ctx, name, data)
+}
+
+// setEvents makes sink the destination of the state's events and sends it
+// the ones that waited.
+func (st *state) setEvents(sink *eventSink) {
+	st.evMu.Lock()
+	st.events = sink
+	pending := st.pending
+	st.pending = nil
+	st.evMu.Unlock()
+	for _, e := range pending {
+		sink.app.Emit(sink.ctx, e.name, e.data)
 	}
 }
 
