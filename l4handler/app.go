@@ -115,6 +115,13 @@ func (a *App) register(ctx caddy.Context, h *Handler) error {
 	if prev, ok := a.hashes[h.Name]; ok && prev != h.hash {
 		return a.conflict(h.Name)
 	}
+	for _, l := range a.places[h.Name] {
+		for _, addr := range l.Listen {
+			if na, err := caddy.ParseNetworkAddress(addr); err == nil && (strings.HasPrefix(na.Network, "udp") || na.Network == "unixgram") {
+				return fmt.Errorf("between handler %q in %s: listen %q: this version of the between handler serves stream (TCP) connections only", h.Name, l, addr)
+			}
+		}
+	}
 	a.hashes[h.Name] = h.hash
 	a.handlers = append(a.handlers, h)
 	return nil
