@@ -68,27 +68,12 @@ func (b *Backend) SameAttributes(o *Backend) bool {
 // Acquire counts a new connection to b, honouring MaxConnections atomically:
 // it returns false (and changes nothing) when b is full. Every successful
 // Acquire must be paired with Release.
-func (b *Backend) Acquire() bool {
-	st := b.Stats
-	if b.MaxConnections <= 0 {
-		st.active.Add(1)
-		return true
-	}
-	for {
-		n := st.active.Load()
-		if n >= int64(b.MaxConnections) {
-			return false
-		}
-		if st.active.CompareAndSwap(n, n+1) {
-			return true
-		}
-	}
-}
+func (b *Backend) Acquire() bool { return b.Stats.TryAddActive(int64(b.MaxConnections)) }
 
 // Release ends a connection counted by Acquire.
-func (b *Backend) Release() { b.Stats.active.Add(-1) }
+func (b *Backend) Release() { b.Stats.AddActive(-1) }
 
 // Full reports whether b is at its MaxConnections.
 func (b *Backend) Full() bool {
-	return b.MaxConnections > 0 && b.Stats.active.Load() >= int64(b.MaxConnections)
+	return b.MaxConnections > 0 && b.Stats.Active() >= int64(b.MaxConnections)
 }

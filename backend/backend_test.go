@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"encoding/json"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -106,8 +107,17 @@ func TestStatsCounters(t *testing.T) {
 	s.AddTx(40)
 	s.AddRx(1)
 	want := Snapshot{Active: 2, Total: 2, Refused: 1, Rx: 101, Tx: 40}
-	if got := s.Snapshot(); got != want {
+	got := s.Snapshot()
+	if got != want {
 		t.Fatalf("Snapshot() = %+v, want %+v", got, want)
+	}
+	// the JSON names are the admin API's
+	js, err := json.Marshal(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wantJS := `{"active_connections":2,"total_connections":2,"refused_connections":1,"rx":101,"tx":40,"rx_second":0,"tx_second":0}`; string(js) != wantJS {
+		t.Fatalf("JSON %s, want %s", js, wantJS)
 	}
 }
 

@@ -16,18 +16,27 @@ const RateInterval = 500 * time.Millisecond
 // rateWindow is the longest span the per-second rates average over.
 const rateWindow = 2 * time.Second
 
+// Counters is the one declaration of the figures kept for a backend or a
+// server: Stats holds them live as atomics, Snapshot is a copy of them and
+// their JSON form, so the two cannot drift apart.
+type Counters[I, U any] struct {
+	Active   I `json:"active_connections"`  // open connections
+	Total    U `json:"total_connections"`   // connections served since start
+	Refused  U `json:"refused_connections"` // connections refused (limits, access, failed dials)
+	Rx       U `json:"rx"`                  // bytes backend -> client
+	Tx       U `json:"tx"`                  // bytes client -> backend
+	RxSecond U `json:"rx_second"`           // rx per second over the last 2 s
+	TxSecond U `json:"tx_second"`           // tx per second over the last 2 s
+}
+
+// Snapshot is a point-in-time copy of Stats.
+type Snapshot = Counters[int64, uint64]
+
 // Stats are live counters of a backend or a server. All methods are safe for
 // concurrent use; the byte counters are updated while data flows.
 // Rx counts bytes from the backend to the client, Tx from the client to the backend.
 type Stats struct {
-	active  atomic.Int64
-	total   atomic.Uint64
-	refused atomic.Uint64
-	rx      atomic.Uint64
-	tx      atomic.Uint64
-
-	rxRate atomic.Uint64 // bytes per second over the sample window
-	txRate atomic.Uint64
+	c Counters[atomic.Int64, atomic.Uint64] // RxSecond and TxSecond are written by Sample
 
 	mu      sync.Mutex // guards the sample ring (Sample only)
 	samples [rateSlots]sample
@@ -40,44 +49,51 @@ type sample struct {
 	rx, tx uint64
 }
 
-// Snapshot is a point-in-time copy of Stats.
-type Snapshot struct {
-	Active   int64  `json:"active_connections"`  // open connections
-	Total    uint64 `json:"total_connections"`   // connections served since start
-	Refused  uint64 `json:"refused_connections"` // connections refused (limits, access, failed dials)
-	Rx       uint64 `json:"rx"`                  // bytes backend -> client
-	Tx       uint64 `json:"tx"`                  // bytes client -> backend
-	RxSecond uint64 `json:"rx_second"`           // rx per second over the last 2 s
-	TxSecond uint64 `json:"tx_second"`           // tx per second over the last 2 s
-}
-
 // Active returns the number of open connections.
-func (s *Stats) Active() int64 { return s.active.Load() }
+func (s *Stats) Active() int64 { return s.c.Active.Load() }
 
 // AddActive changes the open-connection count by d (server-level counters;
 // backends use Backend.Acquire/Release).
-func (s *Stats) AddActive(d int64) { s.active.Add(d) }
+func (s *Stats) AddActive(d int64) { s.c.Active.Add(d) }
+
+// TryAddActive counts one more open connection unless that would exceed max
+// (max <= 0: no limit). It reports whether the connection was counted.
+func (s *Stats) TryAddActive(max int64) bool {
+	if max <= 0 {
+		s.c.Active.Add(1)
+		return true
+	}
+	for {
+		n := s.c.Active.Load()
+		if n >= max {
+			return false
+		}
+		if s.c.Active.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
 
 // AddTotal counts one accepted (backend: elected and dialled) connection.
-func (s *Stats) AddTotal() { s.total.Add(1) }
+func (s *Stats) AddTotal() { s.c.Total.Add(1) }
 
 // AddRefused counts one connection that was refused.
-func (s *Stats) AddRefused() { s.refused.Add(1) }
+func (s *Stats) AddRefused() { s.c.Refused.Add(1) }
 
 // AddRx counts n bytes sent from backend to client.
-func (s *Stats) AddRx(n int64) { s.rx.Add(uint64(n)) }
+func (s *Stats) AddRx(n int64) { s.c.Rx.Add(uint64(n)) }
 
 // AddTx counts n bytes sent from client to backend.
-func (s *Stats) AddTx(n int64) { s.tx.Add(uint64(n)) }
+func (s *Stats) AddTx(n int64) { s.c.Tx.Add(uint64(n)) }
 
 // RateSum returns rx_second + tx_second, the load figure of leastbandwidth.
-func (s *Stats) RateSum() uint64 { return s.rxRate.Load() + s.txRate.Load() }
+func (s *Stats) RateSum() uint64 { return s.c.RxSecond.Load() + s.c.TxSecond.Load() }
 
 // Snapshot returns a copy of the counters.
 func (s *Stats) Snapshot() Snapshot {
 	return Snapshot{
-		Active: s.active.Load(), Total: s.total.Load(), Refused: s.refused.Load(),
-		Rx: s.rx.Load(), Tx: s.tx.Load(), RxSecond: s.rxRate.Load(), TxSecond: s.txRate.Load(),
+		Active: s.c.Active.Load(), Total: s.c.Total.Load(), Refused: s.c.Refused.Load(),
+		Rx: s.c.Rx.Load(), Tx: s.c.Tx.Load(), RxSecond: s.c.RxSecond.Load(), TxSecond: s.c.TxSecond.Load(),
 	}
 }
 
@@ -87,7 +103,7 @@ func (s *Stats) Snapshot() Snapshot {
 func (s *Stats) Sample(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cur := sample{at: now, rx: s.rx.Load(), tx: s.tx.Load()}
+	cur := sample{at: now, rx: s.c.Rx.Load(), tx: s.c.Tx.Load()}
 	if s.filled > 0 {
 		// The base is the oldest sample at most rateWindow old, so the window
 		// stays within 2 s even when Sample is called less regularly than
@@ -101,8 +117,8 @@ func (s *Stats) Sample(now time.Time) {
 			}
 		}
 		if d := now.Sub(base.at).Seconds(); d > 0 {
-			s.rxRate.Store(uint64(float64(cur.rx-base.rx) / d))
-			s.txRate.Store(uint64(float64(cur.tx-base.tx) / d))
+			s.c.RxSecond.Store(uint64(float64(cur.rx-base.rx) / d))
+			s.c.TxSecond.Store(uint64(float64(cur.tx-base.tx) / d))
 		}
 	}
 	s.samples[s.next] = cur

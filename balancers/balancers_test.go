@@ -718,7 +718,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 	}
 }
 
-func TestElectDoesNotAllocate(t *testing.T) {
+func TestElectZeroAlloc(t *testing.T) {
 	for _, n := range []int{3, 100} {
 		pool := benchPool(n, true)
 		for _, p := range policies() {

@@ -6,7 +6,6 @@ package discovery
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -31,7 +30,7 @@ type Watcher interface {
 type Common struct {
 	// How often to fetch the list again. "0" (the default) fetches once.
 	Interval caddy.Duration `json:"interval,omitempty"`
-	// Time limit of one fetch. "0" = the kind's default (5s; exec 3s).
+	// Time limit of one fetch. "0" (the default) = 5s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 	// What to do when a fetch fails: "keeplast" (default) keeps the last good
 	// list; "setempty" removes every backend until a fetch succeeds.
@@ -66,12 +65,19 @@ type Configured interface {
 // DefaultTimeout is the fetch time limit when a source sets none.
 const DefaultTimeout = 5 * time.Second
 
+// FetchTimeout returns the effective time limit of one fetch: Timeout, or
+// DefaultTimeout when it is not set.
+func (c *Common) FetchTimeout() time.Duration {
+	if c.Timeout > 0 {
+		return time.Duration(c.Timeout)
+	}
+	return DefaultTimeout
+}
+
 // Runner drives one Source for one server.
 type Runner struct {
 	// Source is the configured discovery module.
 	Source Configured
-	// DefaultTimeout is the kind's default fetch timeout (DefaultTimeout if 0).
-	DefaultTimeout time.Duration
 	// Update receives every successful list (and the empty list under
 	// failpolicy setempty). It is called from the Runner's goroutine only.
 	Update func([]backend.Backend)
@@ -86,13 +92,7 @@ type Runner struct {
 // retrying every second, then stops.
 func (r *Runner) Run(ctx context.Context) {
 	set := r.Source.Settings()
-	timeout := time.Duration(set.Timeout)
-	if timeout <= 0 {
-		timeout = r.DefaultTimeout
-		if timeout <= 0 {
-			timeout = DefaultTimeout
-		}
-	}
+	timeout := set.FetchTimeout()
 	interval := time.Duration(set.Interval)
 	fetch := func() bool {
 		fctx, cancel := context.WithTimeout(ctx, timeout)
@@ -166,6 +166,3 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
-
-// ErrEmpty can be returned by sources that treat an empty result as an error.
-var ErrEmpty = errors.New("no backends found")

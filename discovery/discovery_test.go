@@ -76,14 +76,13 @@ func newRecord() *record {
 }
 
 // run starts a Runner for src; the returned channel closes when Run returns.
-func (rec *record) run(t *testing.T, ctx context.Context, src Configured, defTimeout time.Duration) <-chan struct{} {
+func (rec *record) run(t *testing.T, ctx context.Context, src Configured) <-chan struct{} {
 	t.Helper()
 	r := &Runner{
-		Source:         src,
-		DefaultTimeout: defTimeout,
-		Update:         func(l []backend.Backend) { rec.updates <- l },
-		OnError:        func(err error) { rec.errs <- err },
-		OnFetch:        func(err error) { rec.fetches <- err },
+		Source:  src,
+		Update:  func(l []backend.Backend) { rec.updates <- l },
+		OnError: func(err error) { rec.errs <- err },
+		OnFetch: func(err error) { rec.fetches <- err },
 	}
 	done := make(chan struct{})
 	go func() {
@@ -127,7 +126,7 @@ func TestRunnerFetchesAtOnce(t *testing.T) {
 	src := &fakeSource{Common: Common{Interval: caddy.Duration(time.Hour)},
 		fn: func(context.Context, int) ([]backend.Backend, error) { return list(1, 2), nil }}
 	rec := newRecord()
-	done := rec.run(t, ctx, src, 0)
+	done := rec.run(t, ctx, src)
 	start := time.Now()
 	got := recv(t, rec.updates, time.Second, "update")
 	if took := time.Since(start); took > 200*time.Millisecond {
@@ -150,7 +149,7 @@ func TestRunnerInterval(t *testing.T) {
 	src := &fakeSource{Common: Common{Interval: caddy.Duration(50 * time.Millisecond)},
 		fn: func(_ context.Context, n int) ([]backend.Backend, error) { return list(n), nil }}
 	rec := newRecord()
-	done := rec.run(t, ctx, src, 0)
+	done := rec.run(t, ctx, src)
 	start := time.Now()
 	for want := 1; want <= 4; want++ {
 		got := recv(t, rec.updates, time.Second, "update")
@@ -187,7 +186,7 @@ func TestRunnerFailPolicy(t *testing.T) {
 			defer cancel()
 			src := &fakeSource{Common: Common{Interval: caddy.Duration(30 * time.Millisecond), FailPolicy: tt.policy}, fn: fn}
 			rec := newRecord()
-			done := rec.run(t, ctx, src, 0)
+			done := rec.run(t, ctx, src)
 			for i, want := range tt.want {
 				got := recv(t, rec.updates, time.Second, "update")
 				s := ports(got)
@@ -233,15 +232,13 @@ func TestRunnerTimeout(t *testing.T) {
 		return list(1), nil // ignores the deadline
 	}
 	for _, tt := range []struct {
-		name       string
-		timeout    time.Duration // Common.Timeout
-		defTimeout time.Duration // Runner.DefaultTimeout
-		fn         func(context.Context, int) ([]backend.Backend, error)
-		want       time.Duration
+		name    string
+		timeout time.Duration // Common.Timeout
+		fn      func(context.Context, int) ([]backend.Backend, error)
+		want    time.Duration
 	}{
-		{"timeout setting", 100 * time.Millisecond, time.Hour, blocking, 100 * time.Millisecond},
-		{"kind default", 0, 150 * time.Millisecond, blocking, 150 * time.Millisecond},
-		{"list after deadline is an error", 100 * time.Millisecond, 0, lateButOK, 100 * time.Millisecond},
+		{"timeout setting", 100 * time.Millisecond, blocking, 100 * time.Millisecond},
+		{"list after deadline is an error", 100 * time.Millisecond, lateButOK, 100 * time.Millisecond},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
@@ -249,7 +246,7 @@ func TestRunnerTimeout(t *testing.T) {
 			src := &fakeSource{Common: Common{Interval: caddy.Duration(time.Hour), Timeout: caddy.Duration(tt.timeout)}, fn: tt.fn}
 			rec := newRecord()
 			start := time.Now()
-			done := rec.run(t, ctx, src, tt.defTimeout)
+			done := rec.run(t, ctx, src)
 			err := recv(t, rec.fetches, tt.want+time.Second, "OnFetch")
 			took := time.Since(start)
 			if err == nil {
@@ -265,11 +262,23 @@ func TestRunnerTimeout(t *testing.T) {
 	}
 }
 
+func TestFetchTimeout(t *testing.T) {
+	for _, tt := range []struct{ timeout, want time.Duration }{
+		{0, DefaultTimeout},
+		{300 * time.Millisecond, 300 * time.Millisecond},
+	} {
+		c := Common{Timeout: caddy.Duration(tt.timeout)}
+		if got := c.FetchTimeout(); got != tt.want {
+			t.Errorf("timeout %s: FetchTimeout() = %s, want %s", tt.timeout, got, tt.want)
+		}
+	}
+}
+
 func TestRunnerIntervalZero(t *testing.T) {
 	t.Run("fetches once", func(t *testing.T) {
 		src := &fakeSource{fn: func(context.Context, int) ([]backend.Backend, error) { return list(7), nil }}
 		rec := newRecord()
-		done := rec.run(t, context.Background(), src, 0)
+		done := rec.run(t, context.Background(), src)
 		if got := recv(t, rec.updates, time.Second, "update"); ports(got) != "7" {
 			t.Fatalf("update = %v", got)
 		}
@@ -287,7 +296,7 @@ func TestRunnerIntervalZero(t *testing.T) {
 		}}
 		rec := newRecord()
 		start := time.Now()
-		done := rec.run(t, context.Background(), src, 0)
+		done := rec.run(t, context.Background(), src)
 		if err := recv(t, rec.fetches, time.Second, "OnFetch"); err == nil {
 			t.Fatal("first OnFetch(nil), want the error")
 		}
@@ -310,7 +319,7 @@ func TestRunnerCancel(t *testing.T) {
 		src := &fakeSource{Common: Common{Interval: caddy.Duration(time.Hour)},
 			fn: func(context.Context, int) ([]backend.Backend, error) { return list(1), nil }}
 		rec := newRecord()
-		done := rec.run(t, ctx, src, 0)
+		done := rec.run(t, ctx, src)
 		recv(t, rec.updates, time.Second, "update")
 		cancel()
 		recv(t, done, 200*time.Millisecond, "Run return after cancel")
@@ -325,7 +334,7 @@ func TestRunnerCancel(t *testing.T) {
 				return nil, ctx.Err()
 			}}
 		rec := newRecord()
-		done := rec.run(t, ctx, src, time.Hour)
+		done := rec.run(t, ctx, src)
 		recv(t, started, time.Second, "fetch start")
 		cancel()
 		recv(t, done, 200*time.Millisecond, "Run return after cancel")
@@ -337,7 +346,7 @@ func TestRunnerCancel(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		src := &fakeSource{fn: func(context.Context, int) ([]backend.Backend, error) { return nil, errors.New("down") }}
 		rec := newRecord()
-		done := rec.run(t, ctx, src, 0)
+		done := rec.run(t, ctx, src)
 		recv(t, rec.fetches, time.Second, "OnFetch")
 		cancel()
 		recv(t, done, 200*time.Millisecond, "Run return after cancel")
@@ -362,7 +371,7 @@ func TestRunnerWatcher(t *testing.T) {
 		return ctx.Err()
 	}
 	rec := newRecord()
-	done := rec.run(t, ctx, w, 0)
+	done := rec.run(t, ctx, w)
 	// fetch, two watched lists, (watch error) refetch after the interval, watch again
 	want := []string{"101", "201", "202,203", "102", "302"}
 	for i, wnt := range want {

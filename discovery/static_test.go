@@ -138,6 +138,8 @@ func TestStaticCaddyfile(t *testing.T) {
 		{"list without args", "static {\n list\n}", Static{}, "argument"},
 		{"bad interval", "static 127.0.0.1:1 {\n interval soon\n}", Static{}, "interval"},
 		{"extra arg", "static 127.0.0.1:1 {\n timeout 1s 2s\n}", Static{}, "argument"},
+		{"timeout without arg", "static 127.0.0.1:1 {\n timeout\n}", Static{}, "argument"},
+		{"failpolicy extra arg", "static 127.0.0.1:1 {\n failpolicy setempty now\n}", Static{}, "argument"},
 		{"unknown", "static 127.0.0.1:1 {\n colour red\n}", Static{}, "colour"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -166,7 +168,7 @@ func TestStaticWithRunner(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := newRecord()
-	done := rec.run(t, context.Background(), s, 0)
+	done := rec.run(t, context.Background(), s)
 	got := recv(t, rec.updates, time.Second, "update")
 	if len(got) != 2 || got[1].Address() != "[::1]:3002" || got[1].Weight != 2 {
 		t.Fatalf("update = %+v", got)

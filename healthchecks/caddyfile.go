@@ -3,7 +3,7 @@ package healthchecks
 import (
 	"strconv"
 
-	"github.com/caddyserver/caddy/v2"
+	"github.com/caddy-between/between/discovery"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
@@ -11,44 +11,22 @@ import (
 // fails, passes, initial_status, port) at the dispenser's current token, or
 // reports it as unknown.
 func (c *Common) UnmarshalCommon(d *caddyfile.Dispenser) error {
-	name := d.Val()
-	var v string
-	if !d.Args(&v) {
-		return d.ArgErr()
-	}
-	switch name {
-	case "interval", "timeout":
-		dur, err := caddy.ParseDuration(v)
-		if err != nil {
-			return d.Errf("%s %q: %v", name, v, err)
-		}
-		if name == "interval" {
-			c.Interval = caddy.Duration(dur)
-		} else {
-			c.Timeout = caddy.Duration(dur)
-		}
-	case "fails", "passes", "port":
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return d.Errf("%s %q: want an integer", name, v)
-		}
-		switch name {
-		case "fails":
-			c.Fails = n
-		case "passes":
-			c.Passes = n
-		default:
-			c.Port = n
-		}
+	switch name := d.Val(); name {
+	case "interval":
+		return discovery.DurationArg(d, &c.Interval)
+	case "timeout":
+		return discovery.DurationArg(d, &c.Timeout)
+	case "fails":
+		return intArg(d, &c.Fails)
+	case "passes":
+		return intArg(d, &c.Passes)
+	case "port":
+		return intArg(d, &c.Port)
 	case "initial_status":
-		c.InitialStatus = v
+		return stringArg(d, &c.InitialStatus)
 	default:
 		return d.Errf("unknown healthcheck subdirective %q", name)
 	}
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	return nil
 }
 
 // unmarshalBlock reads a checker's Caddyfile form, the dispenser positioned
@@ -85,45 +63,18 @@ func stringArg(d *caddyfile.Dispenser, dst *string) error {
 	return nil
 }
 
-// UnmarshalCaddyfile reads the server's passive health block:
-//
-//	passive_health {
-//		max_fails 3
-//		fail_duration 30s
-//	}
-//
-// The dispenser is positioned before the passive_health token.
-func (p *Passive) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // passive_health
-	if d.NextArg() {
+// intArg reads the one integer argument of the current subdirective into dst.
+func intArg(d *caddyfile.Dispenser, dst *int) error {
+	name := d.Val()
+	args := d.RemainingArgs()
+	if len(args) != 1 {
 		return d.ArgErr()
 	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		var v string
-		if !d.Args(&v) {
-			return d.ArgErr()
-		}
-		switch name {
-		case "max_fails":
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				return d.Errf("max_fails %q: want an integer", v)
-			}
-			p.MaxFails = n
-		case "fail_duration":
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("fail_duration %q: %v", v, err)
-			}
-			p.FailDuration = caddy.Duration(dur)
-		default:
-			return d.Errf("unknown passive_health subdirective %q", name)
-		}
-		if d.NextArg() {
-			return d.ArgErr()
-		}
+	n, err := parseInts(d, name, args)
+	if err != nil {
+		return err
 	}
+	*dst = n[0]
 	return nil
 }
 
@@ -139,5 +90,3 @@ func parseInts(d *caddyfile.Dispenser, name string, args []string) ([]int, error
 	}
 	return out, nil
 }
-
-var _ caddyfile.Unmarshaler = (*Passive)(nil)

@@ -78,20 +78,6 @@ func TestValidateNamesTheField(t *testing.T) {
 	}
 }
 
-func TestPassiveValidate(t *testing.T) {
-	for _, tt := range []struct {
-		p       Passive
-		wantErr string
-	}{
-		{Passive{}, ""},
-		{Passive{MaxFails: 3, FailDuration: caddy.Duration(1e9)}, ""},
-		{Passive{MaxFails: -1}, "max_fails"},
-		{Passive{FailDuration: -1}, "fail_duration"},
-	} {
-		checkErr(t, tt.p.Validate(), tt.wantErr)
-	}
-}
-
 func TestCheckProtocol(t *testing.T) {
 	for _, tt := range []struct {
 		kind, proto string
@@ -168,6 +154,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"ping", "ping {\n\tfails many\n}", "", `fails "many"`},
 		{"ping", "ping {\n\tsend x\n}", "", `unknown healthcheck subdirective "send"`},
 		{"probe", "probe {\n\trecv_len big\n}", "", `recv_len "big"`},
+		{"probe", "probe {\n\trecv_len 1 2\n}", "", "wrong argument count"},
+		{"ping", "ping {\n\tport\n}", "", "wrong argument count"},
+		{"ping", "ping {\n\tinitial_status healthy sick\n}", "", "wrong argument count"},
 		{"exec", "exec {\n\tcommand\n}", "", "wrong argument count"},
 		{"http", "http {\n\texpected_status ok\n}", "", `expected_status "ok"`},
 		{"http", "http {\n\tpath /a /b\n}", "", "wrong argument count"},
@@ -192,23 +181,6 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				t.Fatalf("got  %s\nwant %s", got, tt.want)
 			}
 		})
-	}
-}
-
-func TestPassiveUnmarshalCaddyfile(t *testing.T) {
-	var p Passive
-	d := caddyfile.NewTestDispenser("passive_health {\n\tmax_fails 3\n\tfail_duration 10s\n}")
-	if err := p.UnmarshalCaddyfile(d); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := json.Marshal(p)
-	if string(got) != `{"max_fails":3,"fail_duration":10000000000}` {
-		t.Fatalf("got %s", got)
-	}
-	for _, in := range []string{"passive_health x", "passive_health {\n\tmax_fails x\n}", "passive_health {\n\tfail_duration x\n}", "passive_health {\n\tfoo 1\n}"} {
-		if err := new(Passive).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err == nil {
-			t.Errorf("%q: no error", in)
-		}
 	}
 }
 

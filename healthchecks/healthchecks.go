@@ -88,17 +88,6 @@ const DefaultFailDuration = 30 * time.Second
 // MaxDefaultTimeout caps the default check timeout (the interval).
 const MaxDefaultTimeout = 5 * time.Second
 
-// Validate checks the passive health settings; errors name the field.
-func (p *Passive) Validate() error {
-	if p.MaxFails < 0 {
-		return fmt.Errorf("max_fails %d: must not be negative", p.MaxFails)
-	}
-	if p.FailDuration < 0 {
-		return fmt.Errorf("fail_duration %s: must not be negative", time.Duration(p.FailDuration))
-	}
-	return nil
-}
-
 // window returns the effective fail_duration.
 func (p *Passive) window() time.Duration {
 	if p.FailDuration <= 0 {

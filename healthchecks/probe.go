@@ -256,16 +256,7 @@ func (p *Probe) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "strategy", "probe_strategy":
 			return true, stringArg(d, &p.Strategy)
 		case "recv_len", "probe_recv_len":
-			args := d.RemainingArgs()
-			if len(args) != 1 {
-				return true, d.ArgErr()
-			}
-			n, err := parseInts(d, name, args)
-			if err != nil {
-				return true, err
-			}
-			p.RecvLen = n[0]
-			return true, nil
+			return true, intArg(d, &p.RecvLen)
 		}
 		return false, nil
 	})

@@ -114,10 +114,11 @@ func TestProbeCheck(t *testing.T) {
 			io.WriteString(c, "-ERR unknown command\r\n")
 		}
 	})
-	banner := tcpPeer(t, func(c net.Conn) { io.WriteString(c, "220 mail.test ESMTP ready\r\n"); time.Sleep(time.Second) })
+	hold := func(c net.Conn) { io.Copy(io.Discard, c) } // until the prober hangs up
+	banner := tcpPeer(t, func(c net.Conn) { io.WriteString(c, "220 mail.test ESMTP ready\r\n"); hold(c) })
 	short := tcpPeer(t, func(c net.Conn) { io.WriteString(c, "+PO") })
-	chatty := tcpPeer(t, func(c net.Conn) { io.WriteString(c, strings.Repeat("x", 100)); time.Sleep(time.Second) })
-	silent := tcpPeer(t, func(c net.Conn) { time.Sleep(2 * time.Second) })
+	chatty := tcpPeer(t, func(c net.Conn) { io.WriteString(c, strings.Repeat("x", 100)); hold(c) })
+	silent := tcpPeer(t, hold)
 	tlsPeer := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "sni=%s", r.TLS.ServerName)
 	}))

@@ -26,16 +26,22 @@ type fakeChecker struct {
 
 	mu    sync.Mutex
 	calls map[string]int
+	lives map[string]int // calls whose context was not done yet
 	ports map[string]string
 }
 
 func (f *fakeChecker) Check(ctx context.Context, b *backend.Backend) error {
 	f.mu.Lock()
 	if f.calls == nil {
-		f.calls, f.ports = map[string]int{}, map[string]string{}
+		f.calls, f.lives, f.ports = map[string]int{}, map[string]int{}, map[string]string{}
 	}
 	f.calls[b.Host]++
 	n := f.calls[b.Host]
+	// Looked at under mu: once the Scheduler has cancelled a backend's
+	// context, live(host) read afterwards can no longer grow.
+	if ctx.Err() == nil {
+		f.lives[b.Host]++
+	}
 	f.ports[b.Host] = b.Port
 	f.mu.Unlock()
 	return f.fn(ctx, b, n)
@@ -45,6 +51,14 @@ func (f *fakeChecker) count(host string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.calls[host]
+}
+
+// live returns the number of checks of host that started with a context not
+// yet cancelled: those whose results could still count.
+func (f *fakeChecker) live(host string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lives[host]
 }
 
 func (f *fakeChecker) port(host string) string {
@@ -185,10 +199,9 @@ func TestSchedulerConsecutive(t *testing.T) {
 					t.Fatalf("Healthy = %v after transition to %v", got, w.healthy)
 				}
 			}
-			// Let the script run out and the last result repeat.
-			for chk.count("10.0.0.1") < len(tt.results)+3 {
-				time.Sleep(2 * time.Millisecond)
-			}
+			waitFor(t, 2*time.Second, "the script to run out and its last result to repeat", func() bool {
+				return chk.count("10.0.0.1") >= len(tt.results)+3
+			})
 			rec.none(t, 20*time.Millisecond)
 			if strings.Contains(tt.results, "?") && logged.Load() == 0 {
 				t.Error("no-verdict result was not logged")
@@ -260,7 +273,7 @@ func TestSchedulerInitialStatusUntilFirstVerdict(t *testing.T) {
 			defer s.Stop()
 			s.Update(backends("10.0.0.3"))
 			want := initial == "healthy"
-			time.Sleep(10 * time.Millisecond)
+			waitFor(t, 2*time.Second, "the first check to start", func() bool { return chk.count("10.0.0.3") >= 1 })
 			if got := s.Healthy(addr("10.0.0.3")); got != want {
 				t.Fatalf("Healthy before the first verdict = %v, want %v", got, want)
 			}
@@ -296,16 +309,17 @@ func TestSchedulerUpdate(t *testing.T) {
 		t.Fatalf("checker got port %q, want the port setting 8080", p)
 	}
 
-	// Removing 10.0.0.2 stops its checks and forgets its state.
+	// Removing 10.0.0.2 stops its checks and forgets its state. A check in
+	// flight may still finish, but none starts with a live context: checks
+	// of the remaining backend go on meanwhile.
 	s.Update(backends("10.0.0.1"))
-	time.Sleep(10 * time.Millisecond) // a check in flight may still finish
-	n := chk.count("10.0.0.2")
-	time.Sleep(30 * time.Millisecond)
-	if m := chk.count("10.0.0.2"); m != n {
-		t.Fatalf("removed backend still checked: %d -> %d checks", n, m)
-	}
+	n := chk.live("10.0.0.2")
 	if !s.Healthy(addr("10.0.0.2")) {
 		t.Fatal("removed backend kept its unhealthy state")
+	}
+	checkedAgain(t, chk, "10.0.0.1", 3)
+	if m := chk.live("10.0.0.2"); m != n {
+		t.Fatalf("removed backend still checked: %d -> %d checks", n, m)
 	}
 	rec.none(t, 10*time.Millisecond)
 
@@ -315,24 +329,34 @@ func TestSchedulerUpdate(t *testing.T) {
 	if ev.addr != addr("10.0.0.2") || ev.healthy {
 		t.Fatalf("transition %+v, want 10.0.0.2:80 down again", ev)
 	}
-	for chk.count("10.0.0.3") < 2 {
-		time.Sleep(time.Millisecond)
-	}
+	checkedAgain(t, chk, "10.0.0.3", 2)
 	rec.none(t, 20*time.Millisecond)
 
-	// An empty list stops everything.
+	// An empty list stops everything: a backend added afterwards is checked,
+	// the removed ones are not.
 	s.Update(nil)
-	time.Sleep(10 * time.Millisecond)
-	n1, n3 := chk.count("10.0.0.1"), chk.count("10.0.0.3")
-	time.Sleep(30 * time.Millisecond)
-	if chk.count("10.0.0.1") != n1 || chk.count("10.0.0.3") != n3 {
+	n1, n2, n3 := chk.live("10.0.0.1"), chk.live("10.0.0.2"), chk.live("10.0.0.3")
+	s.Update(backends("10.0.0.4"))
+	checkedAgain(t, chk, "10.0.0.4", 3)
+	if chk.live("10.0.0.1") != n1 || chk.live("10.0.0.2") != n2 || chk.live("10.0.0.3") != n3 {
 		t.Fatal("backends still checked after Update(nil)")
 	}
 }
 
+// checkedAgain waits until host has been checked n more times.
+func checkedAgain(t *testing.T, chk *fakeChecker, host string, n int) {
+	t.Helper()
+	want := chk.count(host) + n
+	waitFor(t, 2*time.Second, fmt.Sprintf("%d more checks of %s", n, host), func() bool { return chk.count(host) >= want })
+}
+
+// TestSchedulerJitter: the second checks of many backends spread out. The
+// interval is long enough that a stall of the test process (timers firing
+// together) cannot squeeze the expected spread of about interval/5 below
+// the interval/20 the test asks for.
 func TestSchedulerJitter(t *testing.T) {
 	const n = 200
-	interval := 200 * time.Millisecond
+	interval := time.Second
 	var mu sync.Mutex
 	second := make([]time.Time, 0, n)
 	chk := &fakeChecker{fn: func(ctx context.Context, b *backend.Backend, k int) error {
@@ -351,13 +375,14 @@ func TestSchedulerJitter(t *testing.T) {
 	}
 	start := time.Now()
 	s.Update(backends(hosts...))
-	time.Sleep(interval + interval/10 + interval/20 + 100*time.Millisecond)
+	waitFor(t, 10*interval, fmt.Sprintf("the second check of all %d backends", n), func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(second) == n
+	})
 	s.Stop()
 	mu.Lock()
 	defer mu.Unlock()
-	if len(second) != n {
-		t.Fatalf("%d second checks, want %d", len(second), n)
-	}
 	lo, hi := second[0], second[0]
 	for _, at := range second {
 		if d := at.Sub(start); d < interval*95/100 {
@@ -415,7 +440,7 @@ func TestSchedulerPassive(t *testing.T) {
 		a := addr("10.0.0.1")
 		s.Update(backends("10.0.0.1"))
 		s.DialFailed(a)
-		time.Sleep(60 * time.Millisecond)
+		time.Sleep(60 * time.Millisecond) // the scenario: the first failure ages out of the window
 		s.DialFailed(a)
 		rec.none(t, 10*time.Millisecond)
 		s.DialFailed(a)
@@ -433,9 +458,7 @@ func TestSchedulerPassive(t *testing.T) {
 		defer s.Stop()
 		a := addr("10.0.0.1")
 		s.Update(backends("10.0.0.1"))
-		for chk.count("10.0.0.1") < 1 {
-			time.Sleep(time.Millisecond)
-		}
+		waitFor(t, 2*time.Second, "the first check", func() bool { return chk.count("10.0.0.1") >= 1 })
 		s.DialFailed(a)
 		ev := rec.next(t, time.Second)
 		if ev.healthy || !strings.Contains(ev.reason, "passive") {
@@ -491,8 +514,16 @@ func TestSchedulerConcurrent(t *testing.T) {
 	var mu sync.Mutex
 	last := map[string]bool{}
 	var transitions atomic.Int64
+	var stopped atomic.Bool
+	late := make(chan string, 1)
 	var s *Scheduler
 	s = NewScheduler(chk, &Passive{MaxFails: 2, FailDuration: caddy.Duration(time.Second)}, func(a string, healthy bool, reason string) {
+		if stopped.Load() {
+			select {
+			case late <- a:
+			default:
+			}
+		}
 		_ = s.Healthy(a) // allowed: no locks are held
 		mu.Lock()
 		defer mu.Unlock()
@@ -534,17 +565,18 @@ func TestSchedulerConcurrent(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(300 * time.Millisecond)
+	const want = 300
+	waitFor(t, 10*time.Second, fmt.Sprintf("%d transitions", want), func() bool { return transitions.Load() >= want })
 	close(stop)
 	wg.Wait()
 	s.Stop()
-	if transitions.Load() < 10 {
-		t.Fatalf("only %d transitions", transitions.Load())
-	}
-	after := transitions.Load()
-	time.Sleep(20 * time.Millisecond)
-	if transitions.Load() != after {
-		t.Fatal("onChange called after Stop returned")
+	stopped.Store(true)
+	// There is no condition to wait for: any call from now on is a bug, so
+	// watch for one a while.
+	select {
+	case a := <-late:
+		t.Fatalf("onChange(%s) called after Stop returned", a)
+	case <-time.After(20 * time.Millisecond):
 	}
 }
 
@@ -563,16 +595,19 @@ func TestSchedulerStopEndsGoroutines(t *testing.T) {
 	}
 	s.Update(backends(hosts...))
 	s.DialFailed(addr(hosts[0]))
-	time.Sleep(10 * time.Millisecond)
+	waitFor(t, 2*time.Second, "a check in flight for every backend", func() bool {
+		for _, h := range hosts {
+			if chk.count(h) == 0 {
+				return false
+			}
+		}
+		return true
+	})
 	s.Stop()
 	s.Update(backends(hosts...)) // no-op after Stop
-	deadline := time.Now().Add(2 * time.Second)
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if g := runtime.NumGoroutine(); g > before {
-		t.Fatalf("%d goroutines after Stop, %d before", g, before)
-	}
+	waitFor(t, 2*time.Second, fmt.Sprintf("the goroutine count to fall back to %d", before), func() bool {
+		return runtime.NumGoroutine() <= before
+	})
 }
 
 func TestSchedulerNoChecker(t *testing.T) {
@@ -597,13 +632,30 @@ func TestSchedulerCheckerPanic(t *testing.T) {
 	}
 }
 
-// The proxy calls Healthy on pool rebuilds and DialSucceeded on every
-// connection: neither may lock or allocate.
-func BenchmarkHealthy(b *testing.B) {
+// hotPath returns a scheduler with passive health and three backends, and
+// the address of one: the proxy calls Healthy on pool rebuilds and
+// DialSucceeded on every connection, and neither may lock or allocate.
+func hotPath(tb testing.TB) (*Scheduler, string) {
 	s := NewScheduler(nil, &Passive{MaxFails: 3}, nil)
-	defer s.Stop()
+	tb.Cleanup(s.Stop)
 	s.Update(backends("10.0.0.1", "10.0.0.2", "10.0.0.3"))
-	a := addr("10.0.0.2")
+	return s, addr("10.0.0.2")
+}
+
+func TestSchedulerHotPathZeroAlloc(t *testing.T) {
+	s, a := hotPath(t)
+	if n := testing.AllocsPerRun(200, func() {
+		if !s.Healthy(a) {
+			t.Fatal("unhealthy")
+		}
+		s.DialSucceeded(a)
+	}); n != 0 {
+		t.Errorf("%v allocations per Healthy+DialSucceeded", n)
+	}
+}
+
+func BenchmarkHealthy(b *testing.B) {
+	s, a := hotPath(b)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -615,10 +667,7 @@ func BenchmarkHealthy(b *testing.B) {
 }
 
 func BenchmarkDialSucceeded(b *testing.B) {
-	s := NewScheduler(nil, &Passive{MaxFails: 3}, nil)
-	defer s.Stop()
-	s.Update(backends("10.0.0.1", "10.0.0.2", "10.0.0.3"))
-	a := addr("10.0.0.2")
+	s, a := hotPath(b)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {

@@ -3,6 +3,7 @@ package l4handler
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -14,8 +15,59 @@ func init() {
 	caddy.RegisterModule(AdminAPI{})
 }
 
-// running maps a handler name to the Handler of the newest started config.
-var running sync.Map // string -> *Handler
+// running knows the started handlers by name.
+var running = &registry{byName: map[string][]*Handler{}}
+
+// registry holds, per handler name, the handlers of the started configs in
+// start order; the newest one answers for the name. A config whose start
+// fails is stopped again and takes only its own handlers out, so the running
+// config's handler stays listed.
+type registry struct {
+	mu     sync.Mutex
+	byName map[string][]*Handler
+}
+
+// add makes h the newest handler of its name.
+func (r *registry) add(h *Handler) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.byName[h.Name] = append(r.byName[h.Name], h)
+}
+
+// remove takes h out.
+func (r *registry) remove(h *Handler) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	list := slices.DeleteFunc(r.byName[h.Name], func(x *Handler) bool { return x == h })
+	if len(list) == 0 {
+		delete(r.byName, h.Name)
+		return
+	}
+	r.byName[h.Name] = list
+}
+
+// get returns the newest handler of that name.
+func (r *registry) get(name string) (*Handler, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	list := r.byName[name]
+	if len(list) == 0 {
+		return nil, false
+	}
+	return list[len(list)-1], true
+}
+
+// all returns the newest handler of every name, sorted by name.
+func (r *registry) all() []*Handler {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*Handler, 0, len(r.byName))
+	for _, list := range r.byName {
+		out = append(out, list[len(list)-1])
+	}
+	slices.SortFunc(out, func(a, b *Handler) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
 
 // AdminAPI serves Between's endpoints on Caddy's admin API:
 //
@@ -96,24 +148,21 @@ func (AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	switch {
 	case len(parts) == 1 && parts[0] == "servers":
 		list := []HandlerInfo{}
-		running.Range(func(_, v any) bool {
-			h := v.(*Handler)
+		for _, h := range running.all() {
 			s := h.state.stats.Snapshot()
 			list = append(list, HandlerInfo{
 				Name: h.Name, Locations: h.app.locations(h.Name), Config: h.raw,
 				ActiveConnections: s.Active, TotalConnections: s.Total, RefusedConnections: s.Refused,
 				RxTotal: s.Rx, TxTotal: s.Tx,
 			})
-			return true
-		})
-		sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
+		}
 		return writeJSON(w, list)
 	case len(parts) == 3 && parts[0] == "servers" && parts[2] == "stats":
-		v, ok := running.Load(parts[1])
+		h, ok := running.get(parts[1])
 		if !ok {
 			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errUnknownServer(parts[1])}
 		}
-		return writeJSON(w, v.(*Handler).state.snapshot())
+		return writeJSON(w, h.state.snapshot())
 	}
 	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errNotFound}
 }

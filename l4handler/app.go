@@ -254,7 +254,7 @@ func (a *App) Start() error {
 	handlers, _ := a.unique()
 	for _, h := range handlers {
 		h.state.start()
-		running.Store(h.Name, h)
+		running.add(h)
 		a.logger.Info("between handler started", zap.String("handler", h.Name), zap.Any("locations", a.locations(h.Name)))
 	}
 	a.warnMigrateReq()
@@ -267,7 +267,7 @@ func (a *App) Start() error {
 func (a *App) Stop() error {
 	handlers, uses := a.unique()
 	for _, h := range handlers {
-		running.CompareAndDelete(h.Name, h)
+		running.remove(h)
 		if refs, _ := states.References(h.key); refs <= uses[h.key] && h.DrainTimeout > 0 {
 			h.state.closeConnsAfter(time.Duration(h.DrainTimeout))
 		}

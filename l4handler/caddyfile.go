@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"strconv"
 
-	"github.com/caddyserver/caddy/v2"
+	"github.com/caddy-between/between/discovery"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
@@ -61,13 +61,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Retries = &n
 			}
 		case "client_idle_timeout":
-			err = durationArg(d, &h.ClientIdleTimeout)
+			err = discovery.DurationArg(d, &h.ClientIdleTimeout)
 		case "backend_idle_timeout":
-			err = durationArg(d, &h.BackendIdleTimeout)
+			err = discovery.DurationArg(d, &h.BackendIdleTimeout)
 		case "backend_connection_timeout":
-			err = durationArg(d, &h.BackendConnectionTimeout)
+			err = discovery.DurationArg(d, &h.BackendConnectionTimeout)
 		case "drain_timeout":
-			err = durationArg(d, &h.DrainTimeout)
+			err = discovery.DurationArg(d, &h.DrainTimeout)
 		case "balance":
 			h.BalanceRaw, err = moduleArg(d, "between.balancers", "policy", &warnings)
 		case "discovery":
@@ -152,7 +152,7 @@ func parsePassive(d *caddyfile.Dispenser) (*PassiveHealth, error) {
 		case "max_fails":
 			err = intArg(d, &p.MaxFails)
 		case "fail_duration":
-			err = durationArg(d, &p.FailDuration)
+			err = discovery.DurationArg(d, &p.FailDuration)
 		default:
 			return nil, d.Errf("passive_health: unknown subdirective %q (want max_fails or fail_duration)", d.Val())
 		}
@@ -172,7 +172,7 @@ func parseSNI(d *caddyfile.Dispenser) (*SNIConfig, error) {
 		var err error
 		switch d.Val() {
 		case "read_timeout":
-			err = durationArg(d, &c.ReadTimeout)
+			err = discovery.DurationArg(d, &c.ReadTimeout)
 		case "hostname_matching_strategy":
 			err = oneArg(d, &c.HostnameMatchingStrategy)
 		case "unexpected_hostname_strategy":
@@ -209,20 +209,6 @@ func intArg(d *caddyfile.Dispenser, dst *int) error {
 		return d.Errf("%s %q: want an integer", dir, v)
 	}
 	*dst = n
-	return nil
-}
-
-func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
-	dir := d.Val()
-	var v string
-	if err := oneArg(d, &v); err != nil {
-		return err
-	}
-	dur, err := caddy.ParseDuration(v)
-	if err != nil {
-		return d.Errf("%s %q: %v", dir, v, err)
-	}
-	*dst = caddy.Duration(dur)
 	return nil
 }
 

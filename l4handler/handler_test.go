@@ -98,11 +98,11 @@ func run(t *testing.T, cfgJSON []byte) {
 // runningHandler is the started handler of that name.
 func runningHandler(t *testing.T, name string) *Handler {
 	t.Helper()
-	v, ok := running.Load(name)
+	h, ok := running.get(name)
 	if !ok {
 		t.Fatalf("no running handler %q", name)
 	}
-	return v.(*Handler)
+	return h
 }
 
 // waitFor polls cond until it holds or timeout passes.
@@ -279,7 +279,7 @@ func TestReloadKeepsState(t *testing.T) {
 	if h3.state.stats != h1.state.stats || h3.state.stats.Snapshot().Total != 1 {
 		t.Error("a changed handler did not inherit the totals")
 	}
-	if _, ok := running.Load("inner"); ok {
+	if _, ok := running.get("inner"); ok {
 		t.Error("a removed handler is still listed as running")
 	}
 	waitFor(t, 2*time.Second, "the old states to be released", func() bool {

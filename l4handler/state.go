@@ -44,7 +44,7 @@ type state struct {
 
 	// ready is closed when the first discovery attempt has finished, so that
 	// clients arriving right after a (re)start wait for the backend list
-	// instead of being refused.
+	// instead of being refused; at most firstWait (set once, in newState).
 	ready     chan struct{}
 	readyOnce sync.Once
 	firstWait time.Duration
@@ -83,14 +83,18 @@ func newState(h *Handler) *state {
 	}
 	empty := []*backend.Backend{}
 	st.pool.Store(&empty)
+	// A client may arrive before the companion app has started discovery
+	// (Caddy starts apps in no fixed order): it waits for the first result
+	// at most as long as one fetch may take.
+	st.firstWait = h.source.Settings().FetchTimeout()
 
 	// A changed handler's new state takes over from the running one: its
 	// totals, the stats of backends it still has, and what health checks
 	// knew, so statistics do not fall back to zero and known-down backends
 	// get no traffic when a handler's config is edited.
 	var prev *state
-	if v, ok := running.Load(h.Name); ok {
-		prev = v.(*Handler).state
+	if ph, ok := running.get(h.Name); ok {
+		prev = ph.state
 	}
 	st.health = newHealth(h, st, prev)
 	st.stats = new(backend.Stats)
@@ -133,10 +137,6 @@ func (st *state) start() {
 			OnError: func(err error) {
 				st.logger.Warn("discovery failed; keeping the last good backend list unless failpolicy is setempty", zap.Error(err))
 			},
-		}
-		st.firstWait = time.Duration(st.source.Settings().Timeout)
-		if st.firstWait <= 0 {
-			st.firstWait = discovery.DefaultTimeout
 		}
 		st.wg.Add(2)
 		go func() { defer st.wg.Done(); r.Run(ctx) }()

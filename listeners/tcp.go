@@ -103,7 +103,15 @@ func listenTCP(ctx context.Context, _, host, portRange string, portOffset uint, 
 		}
 		go s.acceptLoop()
 	}
-	return s.join(), nil
+	l := s.join()
+	// A config whose start fails is cancelled without its listeners being
+	// closed (caddy-l4 returns on the first listen error and Caddy does not
+	// stop an app whose Start failed); left open, the failed config's
+	// listener would be the newest and take every new connection. The
+	// config's context ends after a normal stop too, when Close has already
+	// run and this is a no-op.
+	context.AfterFunc(ctx, func() { l.Close() })
+	return l, nil
 }
 
 // resolvePort returns the port portOffset places after the start of

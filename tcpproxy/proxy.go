@@ -32,7 +32,8 @@ type Options struct {
 // LiveInterval bounds how stale the byte counters may be while data flows.
 const LiveInterval = 250 * time.Millisecond
 
-// chunk is the largest amount moved between two counter updates.
+// chunk is the largest amount one splice call moves between two counter
+// updates; the buffered path counts after every write.
 const chunk = 1 << 20
 
 // bulkThreshold is how much a TCP-to-TCP direction moves through the pooled
@@ -140,6 +141,15 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 	splicing := false
 	var buffered int64 // bytes moved through the buffer since the last splice phase
 	var armed bool     // a read deadline is set
+	// The buffer belongs to the direction while it copies through user space
+	// (a blocked read holds it anyway) and goes back to the pool while it
+	// splices: one pool round trip per phase, none per read.
+	var buf *[]byte
+	defer func() {
+		if buf != nil {
+			bufPool.Put(buf)
+		}
+	}()
 	for {
 		now := time.Now()
 		switch {
@@ -159,9 +169,14 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 		if splicing {
 			n, eof, err = splice(dst, src)
 		} else {
-			n, eof, err = s.generic(dst, src)
+			if buf == nil {
+				buf = bufPool.Get().(*[]byte)
+			}
+			n, eof, err = generic(dst, src, *buf)
 			buffered += n
 		}
+		// Every write is counted before the next read: a read may block for
+		// as long as the peer stays silent.
 		if n > 0 {
 			total += n
 			s.touch()
@@ -191,6 +206,8 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 		}
 		if !splicing && splice != nil && buffered >= bulkThreshold {
 			splicing = true
+			bufPool.Put(buf)
+			buf = nil
 		}
 	}
 }
@@ -198,33 +215,21 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // generic is the user-space copy for connections the kernel cannot splice
-// (TLS, unix sockets): up to chunk bytes per call with a pooled buffer.
-func (s *session) generic(dst, src net.Conn) (int64, bool, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	var n int64
-	for n < chunk {
-		r, rerr := src.Read(buf)
-		if r > 0 {
-			w, werr := dst.Write(buf[:r])
-			n += int64(w)
-			if werr != nil {
-				return n, false, werr
-			}
-		}
-		if rerr == io.EOF {
-			return n, true, nil
-		}
-		if rerr != nil {
-			return n, false, rerr
-		}
-		if r < len(buf) {
-			// nothing more buffered: report progress now
-			return n, false, nil
+// (TLS, unix sockets) and for short exchanges: one read into buf and the
+// write of what it returned. It returns the bytes written and whether src
+// reached EOF.
+func generic(dst, src net.Conn, buf []byte) (int64, bool, error) {
+	r, rerr := src.Read(buf)
+	if r > 0 {
+		w, werr := dst.Write(buf[:r])
+		if werr != nil {
+			return int64(w), false, werr
 		}
 	}
-	return n, false, nil
+	if rerr == io.EOF {
+		return int64(r), true, nil
+	}
+	return int64(r), false, rerr
 }
 
 // isClosed reports errors that mean "this side was closed" rather than a

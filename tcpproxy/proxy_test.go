@@ -22,10 +22,43 @@ import (
 // connection it dialled to backend.
 type rig struct {
 	client, backend *net.TCPConn
-	done            chan tcpproxy.Result
-	once            sync.Once
-	res             tcpproxy.Result
-	ok              bool
+	*outcome
+}
+
+// outcome is the result of a Proxy call that runs in the background.
+type outcome struct {
+	done chan tcpproxy.Result
+	once sync.Once
+	res  tcpproxy.Result
+	ok   bool
+}
+
+// runProxy runs Proxy(front, dialled, o) in the background. At cleanup it
+// closes the test's ends and checks that Proxy returned.
+func runProxy(tb testing.TB, front, dialled net.Conn, o tcpproxy.Options, ends ...net.Conn) *outcome {
+	out := &outcome{done: make(chan tcpproxy.Result, 1)}
+	go func() { out.done <- tcpproxy.Proxy(front, dialled, o) }()
+	tb.Cleanup(func() {
+		for _, c := range ends {
+			c.Close()
+		}
+		if _, ok := out.wait(5 * time.Second); !ok {
+			tb.Error("Proxy did not return after both ends closed")
+		}
+	})
+	return out
+}
+
+// wait returns Proxy's result, or false if it has not returned within d.
+func (o *outcome) wait(d time.Duration) (tcpproxy.Result, bool) {
+	o.once.Do(func() {
+		select {
+		case o.res = <-o.done:
+			o.ok = true
+		case <-time.After(d):
+		}
+	})
+	return o.res, o.ok
 }
 
 func pair(tb testing.TB) (dialled, accepted *net.TCPConn) {
@@ -57,32 +90,20 @@ func startRig(tb testing.TB, o tcpproxy.Options, generic bool) *rig {
 	tb.Helper()
 	client, front := pair(tb)
 	dialled, backend := pair(tb)
-	r := &rig{client: client, backend: backend, done: make(chan tcpproxy.Result, 1)}
 	var f, d net.Conn = front, dialled
 	if generic {
 		f, d = hideTCP{front}, hideTCP{dialled}
 	}
-	go func() { r.done <- tcpproxy.Proxy(f, d, o) }()
-	tb.Cleanup(func() {
-		client.Close()
-		backend.Close()
-		if _, ok := r.wait(5 * time.Second); !ok {
-			tb.Error("Proxy did not return after both ends closed")
-		}
-	})
-	return r
+	return &rig{client: client, backend: backend, outcome: runProxy(tb, f, d, o, client, backend)}
 }
 
-// wait returns Proxy's result, or false if it has not returned within d.
-func (r *rig) wait(d time.Duration) (tcpproxy.Result, bool) {
-	r.once.Do(func() {
-		select {
-		case r.res = <-r.done:
-			r.ok = true
-		case <-time.After(d):
-		}
-	})
-	return r.res, r.ok
+// startPipes is startRig over net.Pipe: conns that have no CloseWrite and
+// cannot splice, and whose Read takes each Write whole (up to its buffer).
+func startPipes(tb testing.TB, o tcpproxy.Options) (client, backend net.Conn, out *outcome) {
+	tb.Helper()
+	client, front := net.Pipe()
+	dialled, backend := net.Pipe()
+	return client, backend, runProxy(tb, front, dialled, o, client, backend)
 }
 
 // stream writes n pseudo-random bytes (seeded) to w and returns their hash.
@@ -123,6 +144,19 @@ func exchange(c *net.TCPConn, seed uint64, n int64, out *side, wg *sync.WaitGrou
 		defer wg.Done()
 		out.nGot, out.got, out.rErr = drain(c)
 	}()
+}
+
+// waitFor polls cond until it holds, and fails the test if it does not
+// within the time given.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func TestProxyBulkBothDirections(t *testing.T) {
@@ -324,10 +358,12 @@ func TestProxyOneWayStreamIsNotIdle(t *testing.T) {
 	}
 }
 
+// Every piece is counted while the connection stays open, within the live
+// interval at most.
 func TestProxyLiveCounters(t *testing.T) {
 	const (
 		piece = 10 << 10
-		count = 25 // every 100ms: 2.5 s
+		count = 25
 	)
 	for _, tt := range []struct {
 		name     string
@@ -353,18 +389,14 @@ func TestProxyLiveCounters(t *testing.T) {
 			}
 			go io.Copy(io.Discard, to)
 			buf := make([]byte, piece)
-			var seenBeforeEnd int64
 			for i := range count {
-				if i == count-1 {
-					seenBeforeEnd = live.Load()
-				}
 				if _, err := from.Write(buf); err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(100 * time.Millisecond)
-			}
-			if seenBeforeEnd <= 0 {
-				t.Fatalf("counter callback sum was %d after %d of %d pieces: counters are not live", seenBeforeEnd, count-1, count)
+				sent := int64((i + 1) * piece)
+				waitFor(t, 4*tcpproxy.LiveInterval, fmt.Sprintf("the callbacks to count piece %d of %d", i+1, count), func() bool {
+					return live.Load() == sent
+				})
 			}
 			r.client.Close()
 			r.backend.Close()
@@ -436,19 +468,12 @@ func TestProxyReset(t *testing.T) {
 // net.Pipe conns have no CloseWrite and cannot splice: the generic path
 // copies them and closes the destination on EOF.
 func TestProxyPipe(t *testing.T) {
-	c1, c2 := net.Pipe()
-	b1, b2 := net.Pipe()
-	defer c1.Close()
-	defer b2.Close()
-	done := make(chan tcpproxy.Result, 1)
 	var onTx, onRx atomic.Int64
-	go func() {
-		done <- tcpproxy.Proxy(c2, b1, tcpproxy.Options{
-			ClientIdle: 5 * time.Second,
-			OnTx:       func(n int64) { onTx.Add(n) },
-			OnRx:       func(n int64) { onRx.Add(n) },
-		})
-	}()
+	c1, b2, out := startPipes(t, tcpproxy.Options{
+		ClientIdle: 5 * time.Second,
+		OnTx:       func(n int64) { onTx.Add(n) },
+		OnRx:       func(n int64) { onRx.Add(n) },
+	})
 	req := bytes.Repeat([]byte("q"), 1<<20+17)
 	reply := bytes.Repeat([]byte("r"), 300<<10+5)
 	werr := make(chan error, 1)
@@ -481,37 +506,30 @@ func TestProxyPipe(t *testing.T) {
 	if !bytes.Equal(back, reply) {
 		t.Fatalf("client got %d bytes, want the %d-byte reply", len(back), len(reply))
 	}
-	select {
-	case res := <-done:
-		if res.Tx != int64(len(req)) || res.Rx != int64(len(reply)) || res.Err != nil || res.Idle {
-			t.Fatalf("Result = %+v, want Tx=%d Rx=%d, no error", res, len(req), len(reply))
-		}
-		if onTx.Load() != res.Tx || onRx.Load() != res.Rx {
-			t.Fatalf("callbacks tx %d rx %d, want %d %d", onTx.Load(), onRx.Load(), res.Tx, res.Rx)
-		}
-	case <-time.After(3 * time.Second):
+	res, ok := out.wait(3 * time.Second)
+	if !ok {
 		t.Fatal("Proxy did not return")
+	}
+	if res.Tx != int64(len(req)) || res.Rx != int64(len(reply)) || res.Err != nil || res.Idle {
+		t.Fatalf("Result = %+v, want Tx=%d Rx=%d, no error", res, len(req), len(reply))
+	}
+	if onTx.Load() != res.Tx || onRx.Load() != res.Rx {
+		t.Fatalf("callbacks tx %d rx %d, want %d %d", onTx.Load(), onRx.Load(), res.Tx, res.Rx)
 	}
 }
 
 func TestProxyPipeIdle(t *testing.T) {
-	c1, c2 := net.Pipe()
-	b1, b2 := net.Pipe()
-	defer c1.Close()
-	defer b2.Close()
 	start := time.Now()
-	done := make(chan tcpproxy.Result, 1)
-	go func() { done <- tcpproxy.Proxy(c2, b1, tcpproxy.Options{BackendIdle: 200 * time.Millisecond}) }()
-	select {
-	case res := <-done:
-		if !res.Idle || res.Err != nil {
-			t.Fatalf("Result = %+v, want Idle", res)
-		}
-		if took := time.Since(start); took < 200*time.Millisecond || took > time.Second {
-			t.Fatalf("ended after %v, want 200ms..1s", took)
-		}
-	case <-time.After(3 * time.Second):
+	_, _, out := startPipes(t, tcpproxy.Options{BackendIdle: 200 * time.Millisecond})
+	res, ok := out.wait(3 * time.Second)
+	if !ok {
 		t.Fatal("Proxy did not end an idle pipe session")
+	}
+	if !res.Idle || res.Err != nil {
+		t.Fatalf("Result = %+v, want Idle", res)
+	}
+	if took := time.Since(start); took < 200*time.Millisecond || took > time.Second {
+		t.Fatalf("ended after %v, want 200ms..1s", took)
 	}
 }
 
@@ -553,18 +571,67 @@ func TestProxyModeSwitches(t *testing.T) {
 				send(100, uint64(10+i)) // small exchanges after the pause
 			}
 			send(4<<20, 2)
-			waitUntil(t, 2*time.Second, func() bool { return tx.Load() == want })
+			waitFor(t, 2*time.Second, "OnTx to count every byte sent", func() bool { return tx.Load() == want })
 		})
 	}
 }
 
-func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(10 * time.Millisecond)
+// A burst that ends exactly on the pooled buffer's size (32 KiB) fills the
+// last read completely; its bytes must be counted at once, not when the next
+// burst arrives. net.Pipe hands each Write to Read whole, so every read here
+// is full and the connection stays open and silent after the burst.
+func TestProxyCountsBurstOnBufferBoundary(t *testing.T) {
+	const buffer = 32 << 10 // the pooled buffer's size
+	for _, size := range []int{100, buffer, 2 * buffer, 5*buffer + 1} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			var tx atomic.Int64
+			c1, b2, _ := startPipes(t, tcpproxy.Options{OnTx: func(n int64) { tx.Add(n) }})
+			werr := make(chan error, 1)
+			go func() {
+				_, err := c1.Write(bytes.Repeat([]byte("x"), size))
+				werr <- err
+			}()
+			if _, err := io.ReadFull(b2, make([]byte, size)); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-werr; err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 2*time.Second, "OnTx to count the burst while the connection is open", func() bool { return tx.Load() == int64(size) })
+		})
+	}
+}
+
+// TestProxyExchangeZeroAlloc: once a session is up, moving a request and its
+// reply (read, write, counters, idle deadlines) allocates nothing.
+func TestProxyExchangeZeroAlloc(t *testing.T) {
+	for _, generic := range []bool{false, true} {
+		t.Run(fmt.Sprintf("generic=%v", generic), func(t *testing.T) {
+			var tx, rx atomic.Int64
+			r := startRig(t, tcpproxy.Options{
+				ClientIdle: time.Minute, BackendIdle: time.Minute,
+				OnTx: func(n int64) { tx.Add(n) },
+				OnRx: func(n int64) { rx.Add(n) },
+			}, generic)
+			msg, got := make([]byte, 512), make([]byte, 512)
+			exchange := func() {
+				if _, err := r.client.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(r.backend, got); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := r.backend.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(r.client, got); err != nil {
+					t.Fatal(err)
+				}
+			}
+			exchange() // the buffers are taken on first use
+			if a := testing.AllocsPerRun(200, exchange); a != 0 {
+				t.Errorf("%v allocations per request and reply", a)
+			}
+		})
 	}
 }
