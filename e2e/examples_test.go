@@ -18,9 +18,10 @@ import (
 
 // exercises run each example for real. Every file in examples/ must have one.
 var exercises = map[string]func(t *testing.T, path string){
-	"quickstart.caddyfile":  exerciseQuickstart,
-	"sni-routing.caddyfile": exerciseSNIRouting,
-	"healthchecks.json":     exerciseHealthchecks,
+	"quickstart.caddyfile":   exerciseQuickstart,
+	"sni-routing.caddyfile":  exerciseSNIRouting,
+	"sni-backends.caddyfile": exerciseSNIBackends,
+	"healthchecks.json":      exerciseHealthchecks,
 }
 
 func TestExamples(t *testing.T) {
@@ -43,6 +44,20 @@ func TestExamples(t *testing.T) {
 				}
 				if string(out) != string(orig) {
 					t.Errorf("caddy fmt changes %s; run caddy fmt --overwrite", name)
+				}
+				// caddy adapt: JSON out, no warning
+				var stderr strings.Builder
+				cmd := exec.Command(caddyBin, "adapt", "--config", path)
+				cmd.Stderr = &stderr
+				out, err = cmd.Output()
+				if err != nil {
+					t.Fatalf("caddy adapt: %v\n%s", err, tail(stderr.String(), 10))
+				}
+				if !json.Valid(out) {
+					t.Errorf("caddy adapt printed no JSON:\n%s", out)
+				}
+				if strings.Contains(strings.ToLower(stderr.String()), "warn") {
+					t.Errorf("caddy adapt warns:\n%s", stderr.String())
 				}
 			}
 			args := []string{"validate", "--config", path}
@@ -78,7 +93,7 @@ func exerciseQuickstart(t *testing.T, path string) {
 	}
 	text, ports := rewritePorts(t, string(orig), 3000, 3001, 3002)
 	text = strings.Replace(text, "{\n", "{\n\tadmin ADMIN\n", 1)
-	startCaddyfile(t, text)
+	c := startCaddyfile(t, text)
 	lb := fmt.Sprintf("http://127.0.0.1:%d/", ports[3000])
 	// one TCP connection per request: Between balances connections
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 3 * time.Second}
@@ -105,27 +120,64 @@ func exerciseQuickstart(t *testing.T, path string) {
 			t.Errorf("unexpected answer %q", b)
 		}
 	}
+	// the handler is placed in the layer4 server the Caddyfile adapter named
+	list := c.servers(t)
+	if len(list) != 1 || list[0].Name != "quickstart" || len(list[0].Locations) != 1 ||
+		list[0].Locations[0].Server != "srv0" || list[0].Locations[0].Route != 0 ||
+		fmt.Sprint(list[0].Locations[0].Listen) != fmt.Sprintf("[between+tcp/127.0.0.1:%d]", ports[3000]) {
+		t.Errorf("GET /between/servers: %+v", list)
+	}
+	if s := c.stats(t, "quickstart"); s.Total < 4 || len(s.Backends) != 2 {
+		t.Errorf("quickstart stats after 4 requests: %+v", s)
+	}
 }
 
+// exerciseSNIRouting: caddy-l4's tls matcher routes alpha.test and beta.test
+// to a between handler each; another name matches no route.
 func exerciseSNIRouting(t *testing.T, path string) {
+	c := exerciseSNI(t, path, 8443, 9443, 9444)
+	// (a request retried while the sites' certificates were being made counts too)
+	waitFor(t, 2*time.Second, "the per-handler totals", func() bool {
+		return c.stats(t, "alpha").Total >= 2 && c.stats(t, "beta").Total >= 1
+	})
+}
+
+// exerciseSNIBackends: one between handler sends each client to the backend
+// whose sni attribute matches; another name is refused.
+func exerciseSNIBackends(t *testing.T, path string) {
+	c := exerciseSNI(t, path, 8444, 9445, 9446)
+	waitFor(t, 2*time.Second, "the handler's totals", func() bool {
+		s := c.stats(t, "tls-router")
+		return s.Total >= 3 && s.Refused >= 1
+	})
+	waitFor(t, 2*time.Second, "the refusal reason", func() bool {
+		return strings.Contains(c.logs(), "no backend matches SNI gamma.test")
+	})
+}
+
+// exerciseSNI runs an SNI example whose TLS listener is on lbPort and whose
+// alpha.test and beta.test sites are on alphaPort and betaPort: alpha.test
+// and beta.test reach their sites through the listener (alpha twice, beta
+// once), and a client for gamma.test is not served.
+func exerciseSNI(t *testing.T, path string, lbPort, alphaPort, betaPort int) *instance {
 	orig, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	text, ports := rewritePorts(t, string(orig), 8443, 9443, 9444)
+	text, ports := rewritePorts(t, string(orig), lbPort, alphaPort, betaPort)
 	// the site addresses name their ports without the host part
-	for _, p := range []int{9443, 9444} {
+	for _, p := range []int{alphaPort, betaPort} {
 		text = strings.ReplaceAll(text, fmt.Sprintf(".test:%d", p), fmt.Sprintf(".test:%d", ports[p]))
 	}
 	text = strings.Replace(text, "{\n", "{\n\tadmin ADMIN\n", 1)
-	startCaddyfile(t, text)
+	c := startCaddyfile(t, text)
 	get := func(name string) (string, error) {
 		client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
 			DisableKeepAlives: true,
 			TLSClientConfig:   &tls.Config{InsecureSkipVerify: true, ServerName: name},
 			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 				var d net.Dialer
-				return d.DialContext(ctx, network, fmt.Sprintf("127.0.0.1:%d", ports[8443]))
+				return d.DialContext(ctx, network, fmt.Sprintf("127.0.0.1:%d", ports[lbPort]))
 			},
 		}}
 		resp, err := client.Get("https://" + name + "/")
@@ -146,9 +198,10 @@ func exerciseSNIRouting(t *testing.T, path string) {
 			t.Errorf("SNI %s.test answered %q", name, body)
 		}
 	}
-	if _, err := get("gamma.test"); err == nil {
-		t.Error("unexpected_hostname_strategy reject: a client for gamma.test was served")
+	if body, err := get("gamma.test"); err == nil {
+		t.Errorf("a client for gamma.test was served: %q", body)
 	}
+	return c
 }
 
 func exerciseHealthchecks(t *testing.T, path string) {
@@ -179,6 +232,10 @@ func exerciseHealthchecks(t *testing.T, path string) {
 		if body != fmt.Sprintf("served by %d", ports[3101]) && body != fmt.Sprintf("served by %d", ports[3102]) {
 			t.Errorf("unexpected answer %q", body)
 		}
+	}
+	list := c.servers(t)
+	if len(list) != 1 || list[0].Name != "web" || len(list[0].Locations) != 1 || list[0].Locations[0].Server != "web" {
+		t.Errorf("GET /between/servers: %+v", list)
 	}
 	// the priority 2 backend has no server: the health check reports it down
 	waitFor(t, 5*time.Second, "the missing backend to be reported down", func() bool {

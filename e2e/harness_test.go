@@ -157,16 +157,82 @@ func (c *instance) start(t testing.TB, args ...string) {
 	t.Fatalf("caddy did not come up; output:\n%s", tail(c.logs(), 60))
 }
 
+// adminClient posts to the admin endpoint on a new connection each time:
+// Caddy restarts its admin server on every config load, so a kept-alive
+// connection may be closed under a request (and a POST is not retried).
+var adminClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Minute}
+
 // load replaces the running config's apps (a reload through POST /load).
 func (c *instance) load(apps string) (int, string) {
 	cfg := fmt.Sprintf(`{"admin":{"listen":%q},"logging":{"logs":{"default":{"level":"DEBUG"}}},"apps":%s}`, c.admin, apps)
-	resp, err := http.Post("http://"+c.admin+"/load", "application/json", strings.NewReader(cfg))
+	resp, err := adminClient.Post("http://"+c.admin+"/load", "application/json", strings.NewReader(cfg))
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body)
+}
+
+// logged reports whether the process logged a line with that message whose
+// fields include every key and value of want.
+func (c *instance) logged(msg string, want map[string]any) bool {
+	for _, line := range strings.Split(c.logs(), "\n") {
+		if !strings.Contains(line, msg) {
+			continue
+		}
+		var entry map[string]any
+		if json.Unmarshal([]byte(line), &entry) != nil || entry["msg"] != msg {
+			continue
+		}
+		if hasAll(entry, want) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasAll reports whether m has every key of want with the same value (as
+// fmt.Sprint renders them).
+func hasAll(m, want map[string]any) bool {
+	for k, v := range want {
+		if fmt.Sprint(m[k]) != fmt.Sprint(v) {
+			return false
+		}
+	}
+	return true
+}
+
+// event is a Caddy event as the events app logs it (at DEBUG level).
+type event struct {
+	Name string         `json:"name"`
+	Data map[string]any `json:"data"`
+}
+
+// events returns the events of that name the process logged so far.
+func (c *instance) events(name string) []event {
+	var out []event
+	for _, line := range strings.Split(c.logs(), "\n") {
+		if !strings.Contains(line, `"logger":"events"`) || !strings.Contains(line, name) {
+			continue
+		}
+		var e event
+		if json.Unmarshal([]byte(line), &e) == nil && e.Name == name {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// hasEvent reports whether an event of that name was logged whose data has
+// every key and value of want.
+func (c *instance) hasEvent(name string, want map[string]any) bool {
+	for _, e := range c.events(name) {
+		if hasAll(e.Data, want) {
+			return true
+		}
+	}
+	return false
 }
 
 func tail(s string, lines int) string {
@@ -177,21 +243,75 @@ func tail(s string, lines int) string {
 	return strings.Join(l, "\n")
 }
 
-// between renders the apps object with one or more between servers.
+// between renders the apps object with one layer4 server per entry of
+// servers: the layer4 server is named like the entry and has the entry's
+// "listen" addresses and one route whose only handler is a between handler
+// of that name with the entry's other fields.
 func between(servers map[string]any) string {
-	b, err := json.Marshal(map[string]any{"between": map[string]any{"servers": servers}})
+	return layer4(betweenServers(servers))
+}
+
+// betweenServers is the layer4 servers object that between renders.
+func betweenServers(servers map[string]any) map[string]any {
+	l4 := map[string]any{}
+	for name, v := range servers {
+		fields := v.(map[string]any)
+		l4[name] = map[string]any{
+			"listen": fields["listen"],
+			"routes": []any{map[string]any{"handle": []any{betweenHandler(name, fields)}}},
+		}
+	}
+	return l4
+}
+
+// layer4 renders the apps object with the given layer4 servers.
+func layer4(servers map[string]any) string {
+	b, err := json.Marshal(map[string]any{"layer4": map[string]any{"servers": servers}})
 	if err != nil {
 		panic(err)
 	}
 	return string(b)
 }
 
-// staticServer is a minimal server config on listen with a static backend list.
+// betweenHandler is the between handler named name with the fields of a
+// server config (as staticServer makes) other than "listen".
+func betweenHandler(name string, fields map[string]any) map[string]any {
+	h := map[string]any{"handler": "between", "name": name}
+	for k, f := range fields {
+		if k != "listen" {
+			h[k] = f
+		}
+	}
+	return h
+}
+
+// staticServer is a minimal server config for between: listen addresses and
+// a static backend list.
 func staticServer(listen string, backends ...string) map[string]any {
 	return map[string]any{
 		"listen":    []string{listen},
 		"discovery": map[string]any{"kind": "static", "static_list": backends},
 	}
+}
+
+// shared is the between+tcp listen address of a host:port: the socket is
+// shared across reloads (what the docs recommend).
+func shared(hostport string) string { return "between+tcp/" + hostport }
+
+// freeAddr is "127.0.0.1:PORT" with a port that was free a moment ago.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	return fmt.Sprintf("127.0.0.1:%d", freePort(t))
+}
+
+// listenKinds are the two kinds of TCP listen addresses: Between's shared
+// socket and Caddy's plain one (a new SO_REUSEPORT socket per config).
+var listenKinds = []struct {
+	name   string
+	listen func(hostport string) string
+}{
+	{"between+tcp", shared},
+	{"plain", func(hostport string) string { return hostport }},
 }
 
 // backendServer is a TCP backend for tests; handle is called per connection.

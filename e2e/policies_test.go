@@ -35,8 +35,8 @@ func TestPoliciesEndToEnd(t *testing.T) {
 	t.Run("iphash and iphash1 are sticky per client IP", func(t *testing.T) {
 		for _, policy := range []string{"iphash", "iphash1"} {
 			b1, b2, b3 := nameBackend(t, "a"), nameBackend(t, "b"), nameBackend(t, "c")
-			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-			srv := staticServer(addr, b1.addr, b2.addr, b3.addr)
+			addr := freeAddr(t)
+			srv := staticServer(shared(addr), b1.addr, b2.addr, b3.addr)
 			srv["balance"] = map[string]any{"policy": policy}
 			startCaddy(t, between(map[string]any{"p": srv}))
 			seen := map[string]bool{}
@@ -62,8 +62,8 @@ func TestPoliciesEndToEnd(t *testing.T) {
 
 	t.Run("iphash1 use_port spreads one IP's connections", func(t *testing.T) {
 		b1, b2, b3 := nameBackend(t, "a"), nameBackend(t, "b"), nameBackend(t, "c")
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		srv := staticServer(addr, b1.addr, b2.addr, b3.addr)
+		addr := freeAddr(t)
+		srv := staticServer(shared(addr), b1.addr, b2.addr, b3.addr)
 		srv["balance"] = map[string]any{"policy": "iphash1", "use_port": true}
 		startCaddy(t, between(map[string]any{"p": srv}))
 		seen := map[string]bool{}
@@ -81,8 +81,8 @@ func TestPoliciesEndToEnd(t *testing.T) {
 
 	t.Run("leastconn avoids the busy backend", func(t *testing.T) {
 		b1, b2 := holdBackend(t, "a"), holdBackend(t, "b")
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		srv := staticServer(addr, b1.addr, b2.addr)
+		addr := freeAddr(t)
+		srv := staticServer(shared(addr), b1.addr, b2.addr)
 		srv["balance"] = map[string]any{"policy": "leastconn"}
 		startCaddy(t, between(map[string]any{"p": srv}))
 		count := map[string]int{}
@@ -117,8 +117,8 @@ func TestPoliciesEndToEnd(t *testing.T) {
 			}
 		})
 		quiet := holdBackend(t, "b")
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		srv := staticServer(addr, streamer.addr, quiet.addr)
+		addr := freeAddr(t)
+		srv := staticServer(shared(addr), streamer.addr, quiet.addr)
 		srv["balance"] = map[string]any{"policy": "leastbandwidth"}
 		inst := startCaddy(t, between(map[string]any{"p": srv}))
 		// open connections until one lands on the streamer
@@ -142,15 +142,15 @@ func TestPoliciesEndToEnd(t *testing.T) {
 		if loaded == nil {
 			t.Fatal("no connection reached the streaming backend")
 		}
-		waitFor(t, 3*time.Second, "the stream's rate to show in stats", func() bool {
+		// the stream moves ~1 MB/s: wait until its per-second rate shows it
+		waitFor(t, 5*time.Second, "the stream's rate to show in stats", func() bool {
 			for _, b := range inst.stats(t, "p").Backends {
 				if b.Port == strings.Split(streamer.addr, ":")[1] {
-					return b.Stats.Rx > 200<<10
+					return b.Stats.RxSecond > 200<<10
 				}
 			}
 			return false
 		})
-		time.Sleep(time.Second) // let the 2 s window fill
 		for i := range 10 {
 			name, err := ask(addr)
 			if err != nil || name != "b" {
@@ -161,17 +161,17 @@ func TestPoliciesEndToEnd(t *testing.T) {
 
 	t.Run("first is ordered failover", func(t *testing.T) {
 		primary, backup := nameBackend(t, "primary"), nameBackend(t, "backup")
-		dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		dead := freeAddr(t)
 		// list order decides, whatever the addresses: list the higher address first
 		hi, lo, hiName := primary, backup, "primary"
 		if primary.addr < backup.addr {
 			hi, lo, hiName = backup, primary, "backup"
 		}
-		ordered := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		srv := staticServer(ordered, hi.addr, lo.addr)
+		ordered := freeAddr(t)
+		srv := staticServer(shared(ordered), hi.addr, lo.addr)
 		srv["balance"] = map[string]any{"policy": "first"}
-		deadFirst := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		srv2 := staticServer(deadFirst, dead, backup.addr)
+		deadFirst := freeAddr(t)
+		srv2 := staticServer(shared(deadFirst), dead, backup.addr)
 		srv2["balance"] = map[string]any{"policy": "first"}
 		startCaddy(t, between(map[string]any{"p": srv, "p2": srv2}))
 		for range 5 {
@@ -186,8 +186,8 @@ func TestPoliciesEndToEnd(t *testing.T) {
 
 	t.Run("priority groups fail over", func(t *testing.T) {
 		main, spare := holdBackend(t, "main"), nameBackend(t, "spare")
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		srv := staticServer(addr, main.addr+" priority=1 max_connections=2", spare.addr+" priority=2")
+		addr := freeAddr(t)
+		srv := staticServer(shared(addr), main.addr+" priority=1 max_connections=2", spare.addr+" priority=2")
 		startCaddy(t, between(map[string]any{"p": srv}))
 		for i := range 2 {
 			c, err := net.Dial("tcp", addr)
@@ -215,8 +215,8 @@ func TestLeastConnSpreadsABurst(t *testing.T) {
 	for i := range 4 {
 		addrs = append(addrs, holdBackend(t, fmt.Sprint(i)).addr)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	srv := staticServer(addr, addrs...)
+	addr := freeAddr(t)
+	srv := staticServer(shared(addr), addrs...)
 	srv["balance"] = map[string]any{"policy": "leastconn"}
 	c := startCaddy(t, between(map[string]any{"lc": srv}))
 	start := make(chan struct{})

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net"
 	"os"
@@ -67,17 +68,33 @@ func TestSNIRoutingWithOpenSSL(t *testing.T) {
 	}
 	alpha, beta, plain := tlsBackend(t, "alpha.test"), tlsBackend(t, "beta.test"), tlsBackend(t, "plain.test")
 	rxBackend := tlsBackend(t, "wild.test")
-	exact := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	reject := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	rx := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	exact := freeAddr(t)
+	reject := freeAddr(t)
+	rx := freeAddr(t)
 
-	s1 := staticServer(exact, alpha.addr+" sni=alpha.test", beta.addr+" sni=beta.test", plain.addr)
+	s1 := staticServer(shared(exact), alpha.addr+" sni=alpha.test", beta.addr+" sni=beta.test", plain.addr)
 	s1["sni"] = map[string]any{"read_timeout": "1s"}
-	s2 := staticServer(reject, alpha.addr+" sni=alpha.test", plain.addr)
+	s2 := staticServer(shared(reject), alpha.addr+" sni=alpha.test", plain.addr)
 	s2["sni"] = map[string]any{"unexpected_hostname_strategy": "reject"}
-	s3 := staticServer(rx, rxBackend.addr+` sni=^[a-z]+\.wild\.test$`, plain.addr)
+	s3 := staticServer(shared(rx), rxBackend.addr+` sni=^[a-z]+\.wild\.test$`, plain.addr)
 	s3["sni"] = map[string]any{"hostname_matching_strategy": "regexp"}
-	c := startCaddy(t, between(map[string]any{"exact": s1, "reject": s2, "regexp": s3}))
+	// the same handler config behind caddy-l4's tls matcher: the server name
+	// comes from the matcher, and the ClientHello bytes it read are sent on
+	matched := freeAddr(t)
+	s4 := staticServer(shared(matched), alpha.addr+" sni=alpha.test", beta.addr+" sni=beta.test", plain.addr)
+	s4["sni"] = map[string]any{"read_timeout": "1s"}
+	servers := func() map[string]any {
+		l4 := betweenServers(map[string]any{"exact": s1, "reject": s2, "regexp": s3})
+		l4["matched"] = map[string]any{
+			"listen": []string{shared(matched)},
+			"routes": []any{map[string]any{
+				"match":  []any{map[string]any{"tls": map[string]any{}}},
+				"handle": []any{betweenHandler("matched", s4)},
+			}},
+		}
+		return l4
+	}
+	c := startCaddy(t, layer4(servers()))
 
 	for _, tc := range []struct {
 		name, addr, sni, want string
@@ -91,6 +108,9 @@ func TestSNIRoutingWithOpenSSL(t *testing.T) {
 		{"reject: unknown name refused", reject, "gamma.test", ""},
 		{"regexp match", rx, "a.wild.test", "hello from wild.test"},
 		{"regexp non-match", rx, "a.b.wild.test", "hello from plain.test"},
+		{"after a tls matcher: alpha", matched, "alpha.test", "hello from alpha.test"},
+		{"after a tls matcher: beta", matched, "beta.test", "hello from beta.test"},
+		{"after a tls matcher: no SNI", matched, "", "hello from plain.test"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := sClient(t, tc.addr, tc.sni)
@@ -111,10 +131,14 @@ func TestSNIRoutingWithOpenSSL(t *testing.T) {
 
 	t.Run("plain TCP client is treated as no SNI", func(t *testing.T) {
 		plainEcho := echoBackend(t)
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		s := staticServer(addr, plainEcho.addr)
+		addr := freeAddr(t)
+		s := staticServer(shared(addr), plainEcho.addr)
 		s["sni"] = map[string]any{"read_timeout": "300ms"}
-		c.load(between(map[string]any{"exact": s1, "reject": s2, "regexp": s3, "plain": s}))
+		l4 := servers()
+		maps.Copy(l4, betweenServers(map[string]any{"plain": s}))
+		if code, body := c.load(layer4(l4)); code != 200 {
+			t.Fatalf("reload: %d %s", code, body)
+		}
 		conn, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)

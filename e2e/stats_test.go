@@ -21,12 +21,14 @@ type serverStats struct {
 		Host  string `json:"host"`
 		Port  string `json:"port"`
 		Stats struct {
-			Live    bool   `json:"live"`
-			Total   uint64 `json:"total_connections"`
-			Active  int64  `json:"active_connections"`
-			Refused uint64 `json:"refused_connections"`
-			Rx      uint64 `json:"rx"`
-			Tx      uint64 `json:"tx"`
+			Live     bool   `json:"live"`
+			Total    uint64 `json:"total_connections"`
+			Active   int64  `json:"active_connections"`
+			Refused  uint64 `json:"refused_connections"`
+			Rx       uint64 `json:"rx"`
+			Tx       uint64 `json:"tx"`
+			RxSecond uint64 `json:"rx_second"`
+			TxSecond uint64 `json:"tx_second"`
 		} `json:"stats"`
 	} `json:"backends"`
 }
@@ -61,8 +63,8 @@ func TestStatsLiveAndAcrossReload(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	})
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	srv := staticServer(addr, slow.addr)
+	addr := freeAddr(t)
+	srv := staticServer(shared(addr), slow.addr)
 	c := startCaddy(t, between(map[string]any{"stats": srv}))
 
 	conn, err := net.Dial("tcp", addr)
@@ -89,8 +91,8 @@ func TestStatsLiveAndAcrossReload(t *testing.T) {
 	}
 
 	// a reload that leaves the server unchanged keeps the counters and the stream
-	other := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	if code, body := c.load(between(map[string]any{"stats": srv, "other": staticServer(other, slow.addr)})); code != 200 {
+	other := freeAddr(t)
+	if code, body := c.load(between(map[string]any{"stats": srv, "other": staticServer(shared(other), slow.addr)})); code != 200 {
 		t.Fatalf("reload: %d %s", code, body)
 	}
 	after := c.stats(t, "stats")
@@ -108,7 +110,7 @@ func TestStatsLiveAndAcrossReload(t *testing.T) {
 	})
 
 	// a changed server takes the counters over too
-	changed := staticServer(addr, slow.addr)
+	changed := staticServer(shared(addr), slow.addr)
 	changed["max_connections"] = 10
 	if code, body := c.load(between(map[string]any{"stats": changed})); code != 200 {
 		t.Fatalf("reload: %d %s", code, body)
@@ -130,8 +132,8 @@ func TestStatsLiveAndAcrossReload(t *testing.T) {
 
 func TestRefusedConnectionsCounted(t *testing.T) {
 	be := newBackend(t, func(c net.Conn) { io.Copy(io.Discard, c) })
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	srv := staticServer(addr, be.addr)
+	addr := freeAddr(t)
+	srv := staticServer(shared(addr), be.addr)
 	srv["max_connections"] = 1
 	c := startCaddy(t, between(map[string]any{"cap": srv}))
 	hold, err := net.Dial("tcp", addr)
@@ -144,4 +146,109 @@ func TestRefusedConnectionsCounted(t *testing.T) {
 		ask(addr)
 	}
 	waitFor(t, 2*time.Second, "3 refusals", func() bool { return c.stats(t, "cap").Refused == 3 })
+}
+
+// handlerInfo is one entry of GET /between/servers.
+type handlerInfo struct {
+	Name      string `json:"name"`
+	Locations []struct {
+		Server   string   `json:"layer4_server"`
+		Route    int      `json:"route"`
+		Subroute []int    `json:"subroute"`
+		Listen   []string `json:"listen"`
+	} `json:"locations"`
+	Config  map[string]any `json:"config"`
+	Active  int64          `json:"active_connections"`
+	Total   uint64         `json:"total_connections"`
+	Refused uint64         `json:"refused_connections"`
+	Rx      uint64         `json:"rx_total"`
+	Tx      uint64         `json:"tx_total"`
+}
+
+func (c *instance) servers(t testing.TB) []handlerInfo {
+	t.Helper()
+	resp, err := http.Get("http://" + c.admin + "/between/servers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET /between/servers: %d %s", resp.StatusCode, body)
+	}
+	var list []handlerInfo
+	if err := json.Unmarshal(body, &list); err != nil {
+		t.Fatalf("GET /between/servers: %v in %s", err, body)
+	}
+	return list
+}
+
+// TestServersListsLocations: GET /between/servers names every handler with
+// where it is configured (layer4 server, route, subroute, listen addresses),
+// its config and live totals; one name in two routes is one handler with one
+// state.
+func TestServersListsLocations(t *testing.T) {
+	web, db := nameBackend(t, "web"), nameBackend(t, "db")
+	front, back := freeAddr(t), freeAddr(t)
+	webHandler := betweenHandler("web", staticServer("", web.addr))
+	c := startCaddy(t, layer4(map[string]any{
+		"front": map[string]any{
+			"listen": []string{shared(front)},
+			"routes": []any{
+				map[string]any{
+					"match":  []any{map[string]any{"remote_ip": map[string]any{"ranges": []string{"127.0.0.2"}}}},
+					"handle": []any{webHandler},
+				},
+				map[string]any{"handle": []any{map[string]any{
+					"handler": "subroute",
+					"routes":  []any{map[string]any{"handle": []any{webHandler}}},
+				}}},
+			},
+		},
+		"back": map[string]any{
+			"listen": []string{shared(back)},
+			"routes": []any{map[string]any{"handle": []any{betweenHandler("db", staticServer("", db.addr))}}},
+		},
+	}))
+	for _, src := range []string{"127.0.0.2", "127.0.0.1", "127.0.0.1"} { // route 0, then the subroute
+		if name, err := askFrom(src, front); err != nil || name != "web" {
+			t.Fatalf("from %s: %q, %v", src, name, err)
+		}
+	}
+	if name, err := ask(back); err != nil || name != "db" {
+		t.Fatalf("db: %q, %v", name, err)
+	}
+	var list []handlerInfo
+	waitFor(t, 2*time.Second, "the totals", func() bool {
+		list = c.servers(t)
+		return len(list) == 2 && list[0].Total == 1 && list[1].Total == 3 && list[1].Active == 0
+	})
+	dbInfo, webInfo := list[0], list[1]
+	if dbInfo.Name != "db" || webInfo.Name != "web" {
+		t.Fatalf("handlers %q, %q, want db, web (sorted by name)", dbInfo.Name, webInfo.Name)
+	}
+	if len(dbInfo.Locations) != 1 || dbInfo.Locations[0].Server != "back" || dbInfo.Locations[0].Route != 0 ||
+		len(dbInfo.Locations[0].Subroute) != 0 || fmt.Sprint(dbInfo.Locations[0].Listen) != fmt.Sprint([]string{shared(back)}) {
+		t.Errorf("db locations: %+v", dbInfo.Locations)
+	}
+	if l := webInfo.Locations; len(l) != 2 ||
+		l[0].Server != "front" || l[0].Route != 0 || len(l[0].Subroute) != 0 ||
+		l[1].Server != "front" || l[1].Route != 1 || fmt.Sprint(l[1].Subroute) != "[0]" ||
+		fmt.Sprint(l[1].Listen) != fmt.Sprint([]string{shared(front)}) {
+		t.Errorf("web locations: %+v", l)
+	}
+	if webInfo.Config["name"] != "web" || webInfo.Config["discovery"] == nil {
+		t.Errorf("web config: %v", webInfo.Config)
+	}
+	if webInfo.Rx != uint64(len("web\n"))*3 {
+		t.Errorf("web rx_total %d, want %d", webInfo.Rx, len("web\n")*3)
+	}
+	// one state: started once, with both places
+	if !c.logged("between handler started", map[string]any{"handler": "web"}) {
+		t.Error(`no "between handler started" log line for web`)
+	}
+	// the stats of the shared state agree
+	if s := c.stats(t, "web"); s.Total != 3 || len(s.Backends) != 1 || s.Backends[0].Stats.Total != 3 {
+		t.Errorf("web stats: %+v", s)
+	}
 }

@@ -16,8 +16,8 @@ import (
 
 func TestRoundRobinAcrossBackends(t *testing.T) {
 	b1, b2, b3 := nameBackend(t, "one"), nameBackend(t, "two"), nameBackend(t, "three")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	srv := staticServer(addr, b1.addr, b2.addr, b3.addr)
+	addr := freeAddr(t)
+	srv := staticServer(shared(addr), b1.addr, b2.addr, b3.addr)
 	srv["balance"] = map[string]any{"policy": "roundrobin"}
 	startCaddy(t, between(map[string]any{"rr": srv}))
 	got := map[string]int{}
@@ -37,8 +37,8 @@ func TestRoundRobinAcrossBackends(t *testing.T) {
 
 func TestWeightedBalancing(t *testing.T) {
 	light, heavy := nameBackend(t, "light"), nameBackend(t, "heavy")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startCaddy(t, between(map[string]any{"w": staticServer(addr, light.addr+" weight=1", heavy.addr+" weight=3")}))
+	addr := freeAddr(t)
+	startCaddy(t, between(map[string]any{"w": staticServer(shared(addr), light.addr+" weight=1", heavy.addr+" weight=3")}))
 	got := map[string]int{}
 	const n = 400
 	for range n {
@@ -80,8 +80,8 @@ func TestLargeTransferIntegrity(t *testing.T) {
 		received <- r
 		wg.Wait()
 	})
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startCaddy(t, between(map[string]any{"big": staticServer(addr, be.addr)}))
+	addr := freeAddr(t)
+	startCaddy(t, between(map[string]any{"big": staticServer(shared(addr), be.addr)}))
 
 	out := make([]byte, 50<<20)
 	rand.Read(out)
@@ -116,8 +116,8 @@ func TestHalfClose(t *testing.T) {
 		data, _ := io.ReadAll(c)
 		fmt.Fprintf(c, "got %d bytes: %s\n", len(data), data)
 	})
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startCaddy(t, between(map[string]any{"hc": staticServer(addr, be.addr)}))
+	addr := freeAddr(t)
+	startCaddy(t, between(map[string]any{"hc": staticServer(shared(addr), be.addr)}))
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -149,12 +149,12 @@ func TestIdleTimeout(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	})
-	idle := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	stream := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s1 := staticServer(idle, be.addr)
+	idle := freeAddr(t)
+	stream := freeAddr(t)
+	s1 := staticServer(shared(idle), be.addr)
 	s1["client_idle_timeout"] = "500ms"
 	s1["backend_idle_timeout"] = "500ms"
-	s2 := staticServer(stream, streamer.addr)
+	s2 := staticServer(shared(stream), streamer.addr)
 	s2["client_idle_timeout"] = "500ms"
 	s2["backend_idle_timeout"] = "500ms"
 	startCaddy(t, between(map[string]any{"idle": s1, "stream": s2}))
@@ -194,10 +194,10 @@ func TestIdleTimeout(t *testing.T) {
 
 func TestMaxConnections(t *testing.T) {
 	be := echoBackend(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	srv := staticServer(addr, be.addr)
+	addr := freeAddr(t)
+	srv := staticServer(shared(addr), be.addr)
 	srv["max_connections"] = 2
-	startCaddy(t, between(map[string]any{"max": srv}))
+	inst := startCaddy(t, between(map[string]any{"max": srv}))
 	var held []net.Conn
 	for i := range 2 {
 		c, err := net.Dial("tcp", addr)
@@ -222,6 +222,9 @@ func TestMaxConnections(t *testing.T) {
 	if _, err := third.Read(make([]byte, 8)); err == nil {
 		t.Fatal("third connection was served over max_connections 2")
 	}
+	waitFor(t, 2*time.Second, "the refusal in the log", func() bool {
+		return inst.logged("client refused: handler at max_connections", map[string]any{"handler": "max", "max_connections": 2})
+	})
 	// after one closes, a new client gets in
 	held[0].Close()
 	waitFor(t, 3*time.Second, "a free slot", func() bool {
@@ -239,8 +242,8 @@ func TestMaxConnections(t *testing.T) {
 
 func TestAccessRules(t *testing.T) {
 	be := nameBackend(t, "ok")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	srv := staticServer(addr, be.addr)
+	addr := freeAddr(t)
+	srv := staticServer(shared(addr), be.addr)
 	srv["access"] = map[string]any{"default": "deny", "rules": []string{"deny 127.0.0.3", "allow 127.0.0.0/24"}}
 	startCaddy(t, between(map[string]any{"acl": srv}))
 	for _, tc := range []struct {
@@ -268,9 +271,9 @@ func TestAccessRules(t *testing.T) {
 
 func TestRetryOnRefusingBackend(t *testing.T) {
 	live := nameBackend(t, "live")
-	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing listens here
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	srv := staticServer(addr, dead, live.addr)
+	dead := freeAddr(t) // nothing listens here
+	addr := freeAddr(t)
+	srv := staticServer(shared(addr), dead, live.addr)
 	srv["balance"] = map[string]any{"policy": "roundrobin"}
 	srv["backend_connection_timeout"] = "1s"
 	startCaddy(t, between(map[string]any{"retry": srv}))
@@ -282,8 +285,8 @@ func TestRetryOnRefusingBackend(t *testing.T) {
 	}
 
 	t.Run("retries 0 fails over nothing", func(t *testing.T) {
-		addr0 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		s0 := staticServer(addr0, dead)
+		addr0 := freeAddr(t)
+		s0 := staticServer(shared(addr0), dead)
 		s0["retries"] = 0
 		c := startCaddy(t, between(map[string]any{"noretry": s0}))
 		if name, err := ask(addr0); err == nil {
@@ -296,9 +299,9 @@ func TestRetryOnRefusingBackend(t *testing.T) {
 }
 
 func TestRefusalReasonIsLogged(t *testing.T) {
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := freeAddr(t)
 	full := newBackend(t, func(c net.Conn) { io.Copy(io.Discard, c) })
-	srv := staticServer(addr, full.addr+" max_connections=1")
+	srv := staticServer(shared(addr), full.addr+" max_connections=1")
 	c := startCaddy(t, between(map[string]any{"limits": srv}))
 	hold, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -316,31 +319,36 @@ func TestRefusalReasonIsLogged(t *testing.T) {
 
 func TestPortRange(t *testing.T) {
 	be := nameBackend(t, "ranged")
-	// find three consecutive free ports
-	var base int
-	for try := 0; try < 20 && base == 0; try++ {
-		p := freePort(t)
-		ok := true
-		for i := 1; i < 3; i++ {
-			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+i))
-			if err != nil {
-				ok = false
-				break
+	for _, kind := range listenKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			// find three consecutive free ports
+			var base int
+			for try := 0; try < 20 && base == 0; try++ {
+				p := freePort(t)
+				ok := true
+				for i := 1; i < 3; i++ {
+					ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+i))
+					if err != nil {
+						ok = false
+						break
+					}
+					ln.Close()
+				}
+				if ok {
+					base = p
+				}
 			}
-			ln.Close()
-		}
-		if ok {
-			base = p
-		}
-	}
-	if base == 0 {
-		t.Skip("no three consecutive free ports")
-	}
-	startCaddy(t, between(map[string]any{"range": staticServer(fmt.Sprintf("127.0.0.1:%d-%d", base, base+2), be.addr)}))
-	for i := range 3 {
-		if name, err := ask(fmt.Sprintf("127.0.0.1:%d", base+i)); err != nil || name != "ranged" {
-			t.Errorf("port %d: %q, %v", base+i, name, err)
-		}
+			if base == 0 {
+				t.Skip("no three consecutive free ports")
+			}
+			listen := kind.listen(fmt.Sprintf("127.0.0.1:%d-%d", base, base+2))
+			startCaddy(t, between(map[string]any{"range": staticServer(listen, be.addr)}))
+			for i := range 3 {
+				if name, err := ask(fmt.Sprintf("127.0.0.1:%d", base+i)); err != nil || name != "ranged" {
+					t.Errorf("%s, port %d: %q, %v", listen, base+i, name, err)
+				}
+			}
+		})
 	}
 }
 
@@ -363,17 +371,22 @@ func TestUnixSocketAndIPv6(t *testing.T) {
 	}()
 	t.Cleanup(func() { ln6.Close() })
 
+	// a unix socket is a plain Caddy listener (between+tcp is TCP only)
 	sock := filepath.Join(t.TempDir(), "between.sock")
-	p6, err := net.Listen("tcp6", "[::1]:0")
-	if err != nil {
-		t.Fatal(err)
+	servers := map[string]any{"unix": staticServer("unix/"+sock, be.addr)}
+	v6listen := map[string]string{}
+	for _, kind := range listenKinds {
+		p6, err := net.Listen("tcp6", "[::1]:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		v6listen[kind.name] = p6.Addr().String()
+		p6.Close()
+		v6 := staticServer(kind.listen(v6listen[kind.name]), be6.addr)
+		v6["access"] = map[string]any{"default": "deny", "rules": []string{"allow ::1"}}
+		servers["v6-"+kind.name] = v6
 	}
-	v6listen := p6.Addr().String()
-	p6.Close()
-	unix := staticServer("unix/"+sock, be.addr)
-	v6 := staticServer(v6listen, be6.addr)
-	v6["access"] = map[string]any{"default": "deny", "rules": []string{"allow ::1"}}
-	startCaddy(t, between(map[string]any{"unix": unix, "v6": v6}))
+	startCaddy(t, between(servers))
 
 	c, err := net.Dial("unix", sock)
 	if err != nil {
@@ -385,8 +398,10 @@ func TestUnixSocketAndIPv6(t *testing.T) {
 	if err != nil || line != "v4\n" {
 		t.Fatalf("through the unix socket: %q, %v", line, err)
 	}
-	name, err := ask(v6listen)
-	if err != nil || !strings.HasPrefix(name, "v6 [::1]:") {
-		t.Fatalf("IPv6 listener to IPv6 backend: %q, %v", name, err)
+	for kind, addr := range v6listen {
+		name, err := ask(addr)
+		if err != nil || !strings.HasPrefix(name, "v6 [::1]:") {
+			t.Errorf("IPv6 %s listener to IPv6 backend: %q, %v", kind, name, err)
+		}
 	}
 }
