@@ -100,7 +100,8 @@ func moduleArg(d *caddyfile.Dispenser, ns, inlineKey string, warnings *[]caddyco
 	name := d.Val()
 	unm, err := caddyfile.UnmarshalModule(d, ns+"."+name)
 	if err != nil {
-		return nil, d.Errf("%s %s: %v", dir, name, err)
+		// the module's own error names the directive and the position
+		return nil, err
 	}
 	return caddyconfig.JSONModuleObject(unm, inlineKey, name, warnings), nil
 }
