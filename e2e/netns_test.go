@@ -3,7 +3,7 @@ package e2e
 // Reloads under load: 15 000 short connections while POST /load alternates
 // two configs every 50 ms, on a between+tcp/ address (root namespace) and on a
 // plain address inside a network namespace with net.ipv4.tcp_migrate_req 0
-// and 1. The namespace runs a copy of this test binary (TestReloadNetnsChild)
+// and 1. The namespace runs a copy of this test binary (netnsChild)
 // that starts caddy, the backend and the clients inside it.
 
 import (
@@ -211,6 +211,10 @@ func nsLogResult(t *testing.T, setup string, r nsLoadResult) {
 }
 
 func TestReloadNetns(t *testing.T) {
+	if os.Getenv(nsChildEnv) != "" {
+		netnsChild(t)
+		return
+	}
 	t.Run("between+tcp", func(t *testing.T) {
 		r := nsLoad(t, "between+tcp/")
 		nsLogResult(t, "between+tcp/ in the root namespace", r)
@@ -251,13 +255,10 @@ func nsCheckReloads(t *testing.T, r nsLoadResult) {
 	}
 }
 
-// TestReloadNetnsChild is the part of TestReloadNetns that runs inside a
-// network namespace, in a copy of the test binary started by
-// nsLoadInNetns; it reports its result on stdout.
-func TestReloadNetnsChild(t *testing.T) {
-	if os.Getenv(nsChildEnv) == "" {
-		t.Skip("runs only inside the network namespace TestReloadNetns creates")
-	}
+// netnsChild is the part of TestReloadNetns that runs inside a network
+// namespace, in a copy of the test binary that nsLoadInNetns starts with
+// nsChildEnv set; it reports its result on stdout.
+func netnsChild(t *testing.T) {
 	r := nsLoad(t, "")
 	b, err := json.Marshal(r)
 	if err != nil {
@@ -281,7 +282,7 @@ func nsNeedRoot(t *testing.T) {
 var nsSeq atomic.Int64
 
 // nsLoadInNetns creates a network namespace with lo up and the
-// given net.ipv4.tcp_migrate_req, runs TestReloadNetnsChild in it, and
+// given net.ipv4.tcp_migrate_req, runs netnsChild in it, and
 // returns its result. The namespace and everything left in it go away
 // with the test.
 func nsLoadInNetns(t *testing.T, migrate int) nsLoadResult {
@@ -339,7 +340,7 @@ func nsLoadInNetns(t *testing.T, migrate int) nsLoadResult {
 	// ip netns exec replaces itself with the test binary: the child's PID
 	// is the one started here
 	cmd := exec.CommandContext(ctx, ip, "netns", "exec", ns, exe,
-		"-test.run=^TestReloadNetnsChild$", "-test.count=1", "-test.v", "-test.timeout="+(nsLoadLimit+time.Minute).String())
+		"-test.run=^TestReloadNetns$", "-test.count=1", "-test.v", "-test.timeout="+(nsLoadLimit+time.Minute).String())
 	cmd.Env = append(os.Environ(), nsChildEnv+"=1", "BETWEEN_CADDY="+caddyBin)
 	cmd.Dir = t.TempDir()
 	cmd.WaitDelay = 10 * time.Second
