@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/caddy-between/between/backend"
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -129,15 +130,11 @@ type BackendStats struct {
 
 // BackendCounts are a backend's live state and counters.
 type BackendCounts struct {
-	Live               bool   `json:"live"`                // healthy (takes new connections)
-	Discovered         bool   `json:"discovered"`          // in the current discovery result
-	TotalConnections   uint64 `json:"total_connections"`   // connections served
-	ActiveConnections  int64  `json:"active_connections"`  // open connections
-	RefusedConnections uint64 `json:"refused_connections"` // failed dials
-	Rx                 uint64 `json:"rx"`                  // bytes backend -> client
-	Tx                 uint64 `json:"tx"`                  // bytes client -> backend
-	RxSecond           uint64 `json:"rx_second"`           // rx per second over the last 2 s
-	TxSecond           uint64 `json:"tx_second"`           // tx per second over the last 2 s
+	Live       bool `json:"live"`       // healthy (takes new connections)
+	Discovered bool `json:"discovered"` // in the current discovery result
+	// Counters: active_connections, total_connections,
+	// refused_connections (failed dials), rx, tx, rx_second, tx_second.
+	backend.Snapshot
 }
 
 func (AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -180,15 +177,10 @@ func (st *state) snapshot() ServerStats {
 	st.mu.Unlock()
 	sort.Slice(backends, func(i, j int) bool { return backends[i].Address() < backends[j].Address() })
 	for _, b := range backends {
-		bs := b.Stats.Snapshot()
 		out.Backends = append(out.Backends, BackendStats{
 			Host: b.Host, Port: b.Port, Priority: b.Priority, Weight: b.Weight,
 			MaxConnections: b.MaxConnections, SNI: b.SNI,
-			Stats: BackendCounts{
-				Live: st.health.Healthy(b.Address()), Discovered: true,
-				TotalConnections: bs.Total, ActiveConnections: bs.Active, RefusedConnections: bs.Refused,
-				Rx: bs.Rx, Tx: bs.Tx, RxSecond: bs.RxSecond, TxSecond: bs.TxSecond,
-			},
+			Stats: BackendCounts{Live: st.health.Healthy(b.Address()), Discovered: true, Snapshot: b.Stats.Snapshot()},
 		})
 	}
 	return out
