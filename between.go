@@ -16,6 +16,7 @@ import (
 	_ "github.com/caddy-between/between/balancers"
 	_ "github.com/caddy-between/between/discovery"
 	_ "github.com/caddy-between/between/healthchecks"
+	_ "github.com/caddy-between/between/httpupstreams"
 	_ "github.com/caddy-between/between/l4handler"
 	_ "github.com/caddy-between/between/listeners"
 )

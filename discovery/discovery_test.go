@@ -1,9 +1,13 @@
 package discovery
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +16,7 @@ import (
 
 	"github.com/caddy-between/between/backend"
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
 // fakeSource answers Fetch with fn(ctx, n) for the n-th call (from 1).
@@ -78,12 +83,21 @@ func newRecord() *record {
 // run starts a Runner for src; the returned channel closes when Run returns.
 func (rec *record) run(t *testing.T, ctx context.Context, src Configured) <-chan struct{} {
 	t.Helper()
-	r := &Runner{
+	return rec.start(ctx, rec.runner(src))
+}
+
+// runner is a Runner for src that reports to rec.
+func (rec *record) runner(src Configured) *Runner {
+	return &Runner{
 		Source:  src,
 		Update:  func(l []backend.Backend) { rec.updates <- l },
 		OnError: func(err error) { rec.errs <- err },
 		OnFetch: func(err error) { rec.fetches <- err },
 	}
+}
+
+// start runs r; the returned channel closes when Run returns.
+func (rec *record) start(ctx context.Context, r *Runner) <-chan struct{} {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -263,13 +277,15 @@ func TestRunnerTimeout(t *testing.T) {
 }
 
 func TestFetchTimeout(t *testing.T) {
-	for _, tt := range []struct{ timeout, want time.Duration }{
-		{0, DefaultTimeout},
-		{300 * time.Millisecond, 300 * time.Millisecond},
+	for _, tt := range []struct{ timeout, kind, want time.Duration }{
+		{0, 0, DefaultTimeout},
+		{300 * time.Millisecond, 0, 300 * time.Millisecond},
+		{0, 3 * time.Second, 3 * time.Second},
+		{300 * time.Millisecond, 3 * time.Second, 300 * time.Millisecond},
 	} {
-		c := Common{Timeout: caddy.Duration(tt.timeout)}
+		c := Common{Timeout: caddy.Duration(tt.timeout), kindTimeout: tt.kind}
 		if got := c.FetchTimeout(); got != tt.want {
-			t.Errorf("timeout %s: FetchTimeout() = %s, want %s", tt.timeout, got, tt.want)
+			t.Errorf("timeout %s, kind default %s: FetchTimeout() = %s, want %s", tt.timeout, tt.kind, got, tt.want)
 		}
 	}
 }
@@ -409,4 +425,325 @@ func TestValidateCommon(t *testing.T) {
 			t.Errorf("%+v: error %v, want one naming %s", tt.c, err, tt.mention)
 		}
 	}
+}
+
+func TestRetryDelay(t *testing.T) {
+	var r Runner
+	for _, tt := range []struct {
+		n     int
+		limit time.Duration
+		want  time.Duration
+	}{
+		{1, time.Minute, time.Second},
+		{2, time.Minute, 2 * time.Second},
+		{6, time.Minute, 32 * time.Second},
+		{7, time.Minute, time.Minute},
+		{1000, time.Minute, time.Minute},
+		{1, 50 * time.Millisecond, 50 * time.Millisecond},
+		{3, RetryMax, 4 * time.Second},
+		{1000, RetryMax, RetryMax},
+	} {
+		if got := r.retryDelay(tt.n, tt.limit); got != tt.want {
+			t.Errorf("retryDelay(%d, %s) = %s, want %s", tt.n, tt.limit, got, tt.want)
+		}
+	}
+}
+
+// fetchGaps runs src with a short backoff and returns the gaps between the
+// first n+1 fetches, each with its error.
+func fetchGaps(t *testing.T, src Configured, first, max time.Duration, n int) ([]time.Duration, []error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := newRecord()
+	r := rec.runner(src)
+	r.retryFirst, r.retryMax = first, max
+	done := rec.start(ctx, r)
+	defer func() { cancel(); <-done }()
+	var gaps []time.Duration
+	var errs []error
+	last := time.Now()
+	for i := 0; i <= n; i++ {
+		err := recv(t, rec.fetches, 5*time.Second, fmt.Sprintf("fetch %d", i+1))
+		now := time.Now()
+		if i > 0 {
+			gaps = append(gaps, now.Sub(last))
+		}
+		errs = append(errs, err)
+		last = now
+	}
+	return gaps, errs
+}
+
+// checkGaps compares measured gaps with the wanted ones: never early, and
+// late by at most slack (scheduling on a loaded machine).
+func checkGaps(t *testing.T, got, want []time.Duration) {
+	t.Helper()
+	const early, slack = 5 * time.Millisecond, 200 * time.Millisecond
+	for i := range want {
+		if got[i] < want[i]-early || got[i] > want[i]+slack {
+			t.Errorf("gap %d = %v, want %v (all gaps %v, want %v)", i+1, got[i].Round(time.Millisecond), want[i], got, want)
+		}
+	}
+}
+
+func TestRunnerBackoff(t *testing.T) {
+	const first = 60 * time.Millisecond
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	t.Run("interval 0 doubles up to the maximum", func(t *testing.T) {
+		src := &fakeSource{fn: func(context.Context, int) ([]backend.Backend, error) { return nil, errors.New("down") }}
+		gaps, _ := fetchGaps(t, src, first, ms(250), 6)
+		checkGaps(t, gaps, []time.Duration{ms(60), ms(120), ms(240), ms(250), ms(250), ms(250)})
+	})
+	t.Run("interval caps the delay and success resets it", func(t *testing.T) {
+		// fetch 1 ok, 2-6 fail, 7 ok, 8 fails, 9 ok
+		src := &fakeSource{Common: Common{Interval: caddy.Duration(ms(400))},
+			fn: func(_ context.Context, n int) ([]backend.Backend, error) {
+				if n >= 2 && n <= 6 || n == 8 {
+					return nil, errors.New("down")
+				}
+				return list(n), nil
+			}}
+		gaps, errs := fetchGaps(t, src, first, ms(250), 8)
+		for i, err := range errs {
+			if wantErr := i+1 >= 2 && i+1 <= 6 || i+1 == 8; (err != nil) != wantErr {
+				t.Fatalf("fetch %d: error %v, want error %v", i+1, err, wantErr)
+			}
+		}
+		// ok→interval, fail→60, 120, 240, 400 (capped by the interval, not by
+		// the 250ms maximum that only applies to interval 0), 400, ok→interval, fail→60
+		checkGaps(t, gaps, []time.Duration{ms(400), ms(60), ms(120), ms(240), ms(400), ms(400), ms(400), ms(60)})
+	})
+	t.Run("interval 0 stops after the first success", func(t *testing.T) {
+		src := &fakeSource{fn: func(_ context.Context, n int) ([]backend.Backend, error) {
+			if n < 4 {
+				return nil, errors.New("down")
+			}
+			return list(n), nil
+		}}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		rec := newRecord()
+		r := rec.runner(src)
+		r.retryFirst = first
+		start := time.Now()
+		done := rec.start(ctx, r)
+		if got := recv(t, rec.updates, 5*time.Second, "update"); ports(got) != "4" {
+			t.Fatalf("update = %v", got)
+		}
+		// 60 + 120 + 240 ms of waiting
+		if took := time.Since(start); took < ms(420)-5*time.Millisecond {
+			t.Errorf("success after %v, want at least 420ms of backoff", took)
+		}
+		recv(t, done, time.Second, "Run return after success")
+		if c := r.Counts(); c != (Counts{FetchesOK: 1, FetchesFailed: 3}) {
+			t.Errorf("Counts() = %+v, want 1 ok and 3 failed", c)
+		}
+	})
+	t.Run("broken watches back off, a delivering watch resets", func(t *testing.T) {
+		var mu sync.Mutex
+		var starts []time.Time
+		w := &fakeWatcher{fakeSource: fakeSource{
+			fn: func(_ context.Context, n int) ([]backend.Backend, error) { return list(n), nil }}}
+		// watches 1-3 fail at once, 4 delivers then fails, 5 and 6 fail at once
+		w.watch = func(ctx context.Context, n int, update func([]backend.Backend)) error {
+			mu.Lock()
+			starts = append(starts, time.Now())
+			mu.Unlock()
+			if n == 4 {
+				update(list(400))
+			}
+			if n == 7 {
+				<-ctx.Done()
+				return ctx.Err()
+			}
+			return errors.New("watch broke")
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		rec := newRecord()
+		r := rec.runner(w)
+		r.retryFirst, r.retryMax = first, ms(1000)
+		done := rec.start(ctx, r)
+		var n int
+		for deadline := time.Now().Add(5 * time.Second); n < 7 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+			mu.Lock()
+			n = len(starts)
+			mu.Unlock()
+		}
+		cancel()
+		<-done
+		if n < 7 {
+			t.Fatalf("%d watches in 5s, want 7", n)
+		}
+		var gaps []time.Duration
+		for i := 1; i < 7; i++ {
+			gaps = append(gaps, starts[i].Sub(starts[i-1]))
+		}
+		checkGaps(t, gaps, []time.Duration{ms(60), ms(120), ms(240), ms(60), ms(120), ms(240)})
+		if c := r.Counts(); c.WatchErrors != 6 || c.FetchesFailed != 0 || c.FetchesOK != 7 {
+			t.Errorf("Counts() = %+v, want 6 watch errors, 7 good fetches", c)
+		}
+	})
+}
+
+func TestRunnerCounts(t *testing.T) {
+	// fetch 1 ok, 2 fails, 3 times out, 4 ok, then ok
+	src := &fakeSource{Common: Common{Interval: caddy.Duration(20 * time.Millisecond), Timeout: caddy.Duration(50 * time.Millisecond)},
+		fn: func(ctx context.Context, n int) ([]backend.Backend, error) {
+			switch n {
+			case 2:
+				return nil, errors.New("down")
+			case 3:
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return list(n), nil
+		}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := newRecord()
+	r := rec.runner(src)
+	r.retryFirst = 10 * time.Millisecond
+	done := rec.start(ctx, r)
+	// Counts is read while the Runner runs (the race detector checks it).
+	var last Counts
+	waitUntil := time.Now().Add(5 * time.Second)
+	for time.Now().Before(waitUntil) {
+		last = r.Counts()
+		if last.FetchesOK >= 3 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	c := r.Counts()
+	if c.FetchesFailed != 2 || c.FetchesOK < 3 || c.WatchErrors != 0 {
+		t.Fatalf("Counts() = %+v, want 2 failed, at least 3 ok", c)
+	}
+	if c.FetchesOK < last.FetchesOK || c.FetchesFailed < last.FetchesFailed {
+		t.Fatalf("counts went down: %+v then %+v", last, c)
+	}
+	close(rec.fetches)
+	var oks, fails uint64
+	for err := range rec.fetches {
+		if err != nil {
+			fails++
+		} else {
+			oks++
+		}
+	}
+	if oks != c.FetchesOK || fails != c.FetchesFailed {
+		t.Errorf("OnFetch saw %d ok, %d failed; Counts() = %+v", oks, fails, c)
+	}
+}
+
+// loadKind builds a discovery module from JSON as Caddy does: strict
+// decoding, Provision, Validate.
+func loadKind(t testing.TB, kind, js string) (Configured, error) {
+	t.Helper()
+	info, err := caddy.GetModule("between.discovery." + kind)
+	if err != nil {
+		t.Fatalf("module %s: %v", kind, err)
+	}
+	mod := info.New()
+	dec := json.NewDecoder(strings.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(mod); err != nil {
+		return nil, err
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := mod.(caddy.Provisioner).Provision(ctx); err != nil {
+		return nil, err
+	}
+	if err := mod.(caddy.Validator).Validate(); err != nil {
+		return nil, err
+	}
+	return mod.(Configured), nil
+}
+
+// mustLoadKind is loadKind that fails the test on error.
+func mustLoadKind(t testing.TB, kind, js string) Configured {
+	t.Helper()
+	src, err := loadKind(t, kind, js)
+	if err != nil {
+		t.Fatalf("%s %s: %v", kind, js, err)
+	}
+	return src
+}
+
+// wantErrParts fails the test unless err is an error that contains every part.
+func wantErrParts(t testing.TB, err error, parts ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error, want one containing %q", parts)
+	}
+	for _, p := range parts {
+		if !strings.Contains(err.Error(), p) {
+			t.Errorf("error %q does not contain %q", err, p)
+		}
+	}
+}
+
+// goldenCaddyfile checks Caddyfile -> JSON for the golden files in dir:
+// NAME.caddyfile gives NAME.json.
+func goldenCaddyfile(t *testing.T, dir string, newMod func() caddyfile.Unmarshaler) {
+	t.Helper()
+	inputs, err := filepath.Glob(filepath.Join(dir, "*.caddyfile"))
+	if err != nil || len(inputs) == 0 {
+		t.Fatalf("no golden files in %s: %v", dir, err)
+	}
+	for _, in := range inputs {
+		t.Run(strings.TrimSuffix(filepath.Base(in), ".caddyfile"), func(t *testing.T) {
+			src, err := os.ReadFile(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mod := newMod()
+			if err := mod.UnmarshalCaddyfile(caddyfile.NewTestDispenser(string(src))); err != nil {
+				t.Fatal(err)
+			}
+			got, err := json.MarshalIndent(mod, "", "\t")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := os.ReadFile(strings.TrimSuffix(in, ".caddyfile") + ".json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(bytes.TrimSpace(got), bytes.TrimSpace(want)) {
+				t.Fatalf("got\n%s\nwant\n%s", got, want)
+			}
+		})
+	}
+}
+
+// caddyfileErrors checks that each input is refused with an error that
+// contains mention.
+func caddyfileErrors(t *testing.T, newMod func() caddyfile.Unmarshaler, cases []struct{ name, input, mention string }) {
+	t.Helper()
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			err := newMod().UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
+			wantErrParts(t, err, tt.mention)
+		})
+	}
+}
+
+// asLines renders a list as backend lines, joined by " | ".
+func asLines(l []backend.Backend) string {
+	out := make([]string, len(l))
+	for i := range l {
+		out[i] = l[i].String()
+	}
+	return strings.Join(out, " | ")
+}
+
+// caddyContext is a Caddy context for provisioning modules in tests.
+func caddyContext() caddy.Context {
+	ctx, _ := caddy.NewContext(caddy.Context{Context: context.Background()})
+	return ctx
 }

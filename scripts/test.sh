@@ -18,12 +18,27 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 command -v curl >/dev/null || need+=(curl)
 command -v ip >/dev/null || need+=(iproute2)
 command -v sysctl >/dev/null || need+=(procps)
+# discovery sources against the real daemons (the tests start their own)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v dockerd >/dev/null || need+=(docker.io)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v lxd >/dev/null || need+=(lxd)
+command -v lxc >/dev/null || need+=(lxd-client)
 if [ ${#need[@]} -gt 0 ]; then
 	echo "== installing ${need[*]}"
 	if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
 	$SUDO apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
+
+# Consul has no Debian package: build the agent from the Go module proxy once
+# (cached under ~/.cache/between; ../shared/tools/build-consul.sh does it).
+echo "== consul agent"
+BETWEEN_CONSUL=$(bash scripts/consul.sh)
+export BETWEEN_CONSUL
+
+# Under CI a test whose real peer is missing fails instead of skipping.
+export CI=${CI:-true}
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go'))
