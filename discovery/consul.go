@@ -3,7 +3,6 @@ package discovery
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -196,29 +195,8 @@ func (c *Consul) Provision(ctx caddy.Context) error {
 // consulTLS builds the TLS settings for HTTPS to Consul at addr (host:port)
 // from the PEM files (each may be "").
 func consulTLS(addr, certPath, keyPath, caPath string) (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if host, _, err := net.SplitHostPort(addr); err == nil {
-		cfg.ServerName = host
-	}
-	if certPath != "" {
-		cert, err := tls.LoadX509KeyPair(certPath, keyPath)
-		if err != nil {
-			return nil, fmt.Errorf("consul_tls_cert_path %q, consul_tls_key_path %q: %w", certPath, keyPath, err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-	}
-	if caPath != "" {
-		pem, err := os.ReadFile(caPath)
-		if err != nil {
-			return nil, fmt.Errorf("consul_tls_cacert_path: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("consul_tls_cacert_path %q: no PEM certificate in the file", caPath)
-		}
-		cfg.RootCAs = pool
-	}
-	return cfg, nil
+	host, _, _ := net.SplitHostPort(addr)
+	return clientTLS("consul", host, certPath, keyPath, caPath)
 }
 
 // splitConsulHost splits consul_host into its scheme ("" when none is

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -160,26 +158,7 @@ func (s *Docker) Provision(ctx caddy.Context) error {
 
 // tlsConfig loads the client certificate and the CA named by the TLS fields.
 func (s *Docker) tlsConfig(serverName string) (*tls.Config, error) {
-	cfg := &tls.Config{ServerName: serverName, MinVersion: tls.VersionTLS12}
-	if s.DockerTLSCertPath != "" || s.DockerTLSKeyPath != "" {
-		cert, err := tls.LoadX509KeyPair(s.DockerTLSCertPath, s.DockerTLSKeyPath)
-		if err != nil {
-			return nil, fmt.Errorf("docker_tls_cert_path, docker_tls_key_path: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-	}
-	if s.DockerTLSCACertPath != "" {
-		pem, err := os.ReadFile(s.DockerTLSCACertPath)
-		if err != nil {
-			return nil, fmt.Errorf("docker_tls_cacert_path: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("docker_tls_cacert_path %s: no PEM certificate found", s.DockerTLSCACertPath)
-		}
-		cfg.RootCAs = pool
-	}
-	return cfg, nil
+	return clientTLS("docker", serverName, s.DockerTLSCertPath, s.DockerTLSKeyPath, s.DockerTLSCACertPath)
 }
 
 // Validate checks the settings.

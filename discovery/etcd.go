@@ -3,13 +3,11 @@ package discovery
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/url"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -119,25 +117,9 @@ func (e *Etcd) Provision(ctx caddy.Context) error {
 	if !e.usesTLS() {
 		return nil
 	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	certPath := repl.ReplaceKnown(e.TLSCertPath, "")
-	keyPath := repl.ReplaceKnown(e.TLSKeyPath, "")
-	if certPath != "" && keyPath != "" {
-		cert, err := tls.LoadX509KeyPair(certPath, keyPath)
-		if err != nil {
-			return fmt.Errorf("etcd_tls_cert_path, etcd_tls_key_path: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-	}
-	if p := repl.ReplaceKnown(e.TLSCACertPath, ""); p != "" {
-		pem, err := os.ReadFile(p)
-		if err != nil {
-			return fmt.Errorf("etcd_tls_cacert_path: %w", err)
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("etcd_tls_cacert_path %s: no PEM certificate found", p)
-		}
+	cfg, err := clientTLS("etcd", "", repl.ReplaceKnown(e.TLSCertPath, ""), repl.ReplaceKnown(e.TLSKeyPath, ""), repl.ReplaceKnown(e.TLSCACertPath, ""))
+	if err != nil {
+		return err
 	}
 	e.tls = cfg
 	return nil
