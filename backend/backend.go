@@ -32,11 +32,23 @@ type Backend struct {
 	// Stats are the live counters of this backend. Nil for a Backend that was
 	// only parsed; the server that uses it attaches shared Stats.
 	Stats *Stats
+
+	addr string // Address, cached by Freeze
 }
 
 // Address returns the backend's identity, "host:port" (IPv6 hosts bracketed).
 func (b *Backend) Address() string {
+	if b.addr != "" {
+		return b.addr
+	}
 	return net.JoinHostPort(b.Host, b.Port)
+}
+
+// Freeze caches the backend's address, so that Address does not allocate on
+// the connection path. Call it once the backend's Host and Port are final,
+// before other goroutines read it.
+func (b *Backend) Freeze() {
+	b.addr = net.JoinHostPort(b.Host, b.Port)
 }
 
 // String returns the backend in gobetween line form, the inverse of Parse.

@@ -22,7 +22,8 @@ import (
 // second time).
 func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	st := h.state
-	client := balancers.Client{}
+	client := clientPool.Get().(*balancers.Client)
+	defer releaseClient(client)
 	client.IP, client.Port = clientAddr(cx.RemoteAddr())
 	if !h.Access.allowed(client.IP) {
 		st.stats.AddRefused()
@@ -78,7 +79,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	*pb = prefix
 
 	st.awaitDiscovery()
-	b, up, err := h.connect(&client)
+	b, up, err := h.connect(client)
 	if err != nil {
 		st.stats.AddRefused()
 		h.logger.Warn("client refused", zap.Stringer("client", cx.RemoteAddr()), zap.String("sni", client.SNI), zap.String("reason", err.Error()))
@@ -106,6 +107,18 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 			zap.Int64("tx", res.Tx), zap.Int64("rx", res.Rx), zap.Bool("idle_timeout", res.Idle), zap.Error(res.Err))
 	}
 	return nil
+}
+
+// clientPool holds the per-connection election input, which escapes through
+// the Balancer interface and would otherwise be allocated per connection.
+var clientPool = sync.Pool{New: func() any { return new(balancers.Client) }}
+
+// releaseClient clears c (Match belongs to the handler that used it last)
+// and returns it to the pool.
+func releaseClient(c *balancers.Client) {
+	clear(c.Skip)
+	*c = balancers.Client{Skip: c.Skip[:0]}
+	clientPool.Put(c)
 }
 
 // prefixPool holds the buffers of bytes read before the backend was chosen.

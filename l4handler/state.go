@@ -190,6 +190,7 @@ func (st *state) setDiscovered(list []backend.Backend) {
 			}
 			added++
 		}
+		nb.Freeze()
 		next[addr] = &nb
 	}
 	for addr := range st.discovered {

@@ -126,18 +126,10 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 	// choice). Splice reports its progress only at a deadline, so it runs
 	// with one every tick; a tick with no byte at all means the bulk is over,
 	// and the direction goes back to the buffer.
-	var splice func(dst, src net.Conn) (int64, bool, error)
-	if d, ok := dst.(*net.TCPConn); ok {
-		if sc, ok := src.(*net.TCPConn); ok {
-			lr := &io.LimitedReader{R: sc}
-			splice = func(dst, _ net.Conn) (int64, bool, error) {
-				lr.N = chunk
-				n, err := d.ReadFrom(lr)
-				// splice returns early without error only at EOF
-				return n, err == nil && n < chunk, err
-			}
-		}
-	}
+	dTCP, _ := dst.(*net.TCPConn)
+	sTCP, _ := src.(*net.TCPConn)
+	canSplice := dTCP != nil && sTCP != nil
+	var lr *io.LimitedReader // made when the direction first splices: short sessions never need it
 	splicing := false
 	var buffered int64 // bytes moved through the buffer since the last splice phase
 	var armed bool     // a read deadline is set
@@ -167,7 +159,10 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 		var n int64
 		var eof bool
 		if splicing {
-			n, eof, err = splice(dst, src)
+			lr.N = chunk
+			n, err = dTCP.ReadFrom(lr)
+			// splice returns early without error only at EOF
+			eof = err == nil && n < chunk
 		} else {
 			if buf == nil {
 				buf = bufPool.Get().(*[]byte)
@@ -204,8 +199,11 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 			}
 			return total, false, nil
 		}
-		if !splicing && splice != nil && buffered >= bulkThreshold {
+		if !splicing && canSplice && buffered >= bulkThreshold {
 			splicing = true
+			if lr == nil {
+				lr = &io.LimitedReader{R: sTCP}
+			}
 			bufPool.Put(buf)
 			buf = nil
 		}
