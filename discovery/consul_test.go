@@ -3,33 +3,23 @@ package discovery
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/caddy-between/between/backend"
+	"github.com/caddy-between/between/internal/testpeers"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/hashicorp/consul/api"
@@ -283,15 +273,15 @@ func TestConsulProvisionTLSFiles(t *testing.T) {
 // HTTPS port whose clients must show a certificate.
 func TestConsulAgent(t *testing.T) {
 	pki := newTestPKI(t)
-	agent := startConsulAgent(t, consulAgentOptions{pki: pki})
+	agent := testpeers.StartConsul(t, testpeers.ConsulOptions{CA: pki.ca, Cert: pki.serverCert, Key: pki.serverKey})
 
 	t.Run("fetch", func(t *testing.T) {
 		svc := "fetch"
-		agent.register(t, &api.AgentServiceRegistration{ID: "f1", Name: svc, Address: "10.0.0.1", Port: 8001,
+		agent.Register(t, &api.AgentServiceRegistration{ID: "f1", Name: svc, Address: "10.0.0.1", Port: 8001,
 			Tags: []string{"sni=one.example", "prod"}, Weights: &api.AgentWeights{Passing: 3, Warning: 1}})
-		agent.register(t, &api.AgentServiceRegistration{ID: "f2", Name: svc, Port: 8002}) // node address
-		agent.register(t, &api.AgentServiceRegistration{ID: "f3", Name: svc, Address: "10.0.0.3", Port: 8003, Tags: []string{"canary"}})
-		agent.register(t, &api.AgentServiceRegistration{ID: "f4", Name: svc, Address: "10.0.0.4"}) // no port: skipped
+		agent.Register(t, &api.AgentServiceRegistration{ID: "f2", Name: svc, Port: 8002}) // node address
+		agent.Register(t, &api.AgentServiceRegistration{ID: "f3", Name: svc, Address: "10.0.0.3", Port: 8003, Tags: []string{"canary"}})
+		agent.Register(t, &api.AgentServiceRegistration{ID: "f4", Name: svc, Address: "10.0.0.4"}) // no port: skipped
 		for _, tt := range []struct {
 			name, tag string
 			want      []string
@@ -301,15 +291,15 @@ func TestConsulAgent(t *testing.T) {
 			{"unknown tag", "nope", nil},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
-				c := agent.source(t, Consul{ServiceName: svc, ServiceTag: tt.tag})
+				c := consulSource(t, agent, Consul{ServiceName: svc, ServiceTag: tt.tag})
 				core, logs := observer.New(zapcore.WarnLevel)
 				c.logger = zap.New(core)
 				got, err := c.Fetch(context.Background())
 				if err != nil {
 					t.Fatal(err)
 				}
-				if !slices.Equal(consulLines(got), tt.want) {
-					t.Fatalf("Fetch = %q, want %q", consulLines(got), tt.want)
+				if !slices.Equal(sortedLines(got), tt.want) {
+					t.Fatalf("Fetch = %q, want %q", sortedLines(got), tt.want)
 				}
 				if tt.tag == "" && logs.FilterField(zap.String("id", "f4")).Len() != 1 {
 					t.Fatalf("the instance without a port was not logged as skipped: %v", logs.All())
@@ -317,7 +307,7 @@ func TestConsulAgent(t *testing.T) {
 			})
 		}
 		t.Run("unknown service", func(t *testing.T) {
-			got, err := agent.source(t, Consul{ServiceName: "nothing-here"}).Fetch(context.Background())
+			got, err := consulSource(t, agent, Consul{ServiceName: "nothing-here"}).Fetch(context.Background())
 			if err != nil || len(got) != 0 {
 				t.Fatalf("Fetch = %v, %v; want an empty list", got, err)
 			}
@@ -326,7 +316,7 @@ func TestConsulAgent(t *testing.T) {
 
 	t.Run("watch", func(t *testing.T) {
 		svc := "watched"
-		c := agent.source(t, Consul{ServiceName: svc})
+		c := consulSource(t, agent, Consul{ServiceName: svc})
 		rec := newRecord()
 		ctx, cancel := context.WithCancel(context.Background())
 		done := rec.run(t, ctx, c)
@@ -340,29 +330,29 @@ func TestConsulAgent(t *testing.T) {
 			want   []string
 		}{
 			{"register", func() {
-				agent.register(t, &api.AgentServiceRegistration{ID: "w1", Name: svc, Address: "10.1.0.1", Port: 9001})
+				agent.Register(t, &api.AgentServiceRegistration{ID: "w1", Name: svc, Address: "10.1.0.1", Port: 9001})
 			}, []string{"10.1.0.1:9001"}},
 			{"second instance", func() {
-				agent.register(t, &api.AgentServiceRegistration{ID: "w2", Name: svc, Address: "10.1.0.2", Port: 9002})
+				agent.Register(t, &api.AgentServiceRegistration{ID: "w2", Name: svc, Address: "10.1.0.2", Port: 9002})
 			}, []string{"10.1.0.1:9001", "10.1.0.2:9002"}},
 			{"tag", func() {
-				agent.register(t, &api.AgentServiceRegistration{ID: "w1", Name: svc, Address: "10.1.0.1", Port: 9001, Tags: []string{"sni=w.example"}})
+				agent.Register(t, &api.AgentServiceRegistration{ID: "w1", Name: svc, Address: "10.1.0.1", Port: 9001, Tags: []string{"sni=w.example"}})
 			}, []string{"10.1.0.1:9001 sni=w.example", "10.1.0.2:9002"}},
 			{"address", func() {
-				agent.register(t, &api.AgentServiceRegistration{ID: "w1", Name: svc, Address: "10.1.0.11", Port: 9001, Tags: []string{"sni=w.example"}})
+				agent.Register(t, &api.AgentServiceRegistration{ID: "w1", Name: svc, Address: "10.1.0.11", Port: 9001, Tags: []string{"sni=w.example"}})
 			}, []string{"10.1.0.11:9001 sni=w.example", "10.1.0.2:9002"}},
 			{"port", func() {
-				agent.register(t, &api.AgentServiceRegistration{ID: "w2", Name: svc, Address: "10.1.0.2", Port: 9012})
+				agent.Register(t, &api.AgentServiceRegistration{ID: "w2", Name: svc, Address: "10.1.0.2", Port: 9012})
 			}, []string{"10.1.0.11:9001 sni=w.example", "10.1.0.2:9012"}},
 			{"weight", func() {
-				agent.register(t, &api.AgentServiceRegistration{ID: "w2", Name: svc, Address: "10.1.0.2", Port: 9012, Weights: &api.AgentWeights{Passing: 4, Warning: 1}})
+				agent.Register(t, &api.AgentServiceRegistration{ID: "w2", Name: svc, Address: "10.1.0.2", Port: 9012, Weights: &api.AgentWeights{Passing: 4, Warning: 1}})
 			}, []string{"10.1.0.11:9001 sni=w.example", "10.1.0.2:9012 weight=4"}},
-			{"deregister", func() { agent.deregister(t, "w1") }, []string{"10.1.0.2:9012 weight=4"}},
-			{"deregister last", func() { agent.deregister(t, "w2") }, nil},
+			{"deregister", func() { agent.Deregister(t, "w1") }, []string{"10.1.0.2:9012 weight=4"}},
+			{"deregister last", func() { agent.Deregister(t, "w2") }, nil},
 		} {
 			start := time.Now()
 			step.change()
-			consulAwait(t, rec.updates, step.want, consulPropagation, step.what)
+			waitList(t, rec.updates, asSortedLines, strings.Join(step.want, " | "), consulPropagation, step.what)
 			t.Logf("%s: the Runner had the new list %v after the change", step.what, time.Since(start).Round(time.Millisecond))
 		}
 		select {
@@ -374,11 +364,11 @@ func TestConsulAgent(t *testing.T) {
 
 	t.Run("passing only", func(t *testing.T) {
 		svc := "checked"
-		agent.register(t, &api.AgentServiceRegistration{ID: "c1", Name: svc, Address: "10.2.0.1", Port: 7001,
+		agent.Register(t, &api.AgentServiceRegistration{ID: "c1", Name: svc, Address: "10.2.0.1", Port: 7001,
 			Weights: &api.AgentWeights{Passing: 5, Warning: 2}, Check: &api.AgentServiceCheck{CheckID: "c1-ttl", TTL: "10m"}})
-		agent.register(t, &api.AgentServiceRegistration{ID: "c2", Name: svc, Address: "10.2.0.2", Port: 7002})
-		passing := agent.source(t, Consul{ServiceName: svc, ServicePassingOnly: true})
-		all := agent.source(t, Consul{ServiceName: svc})
+		agent.Register(t, &api.AgentServiceRegistration{ID: "c2", Name: svc, Address: "10.2.0.2", Port: 7002})
+		passing := consulSource(t, agent, Consul{ServiceName: svc, ServicePassingOnly: true})
+		all := consulSource(t, agent, Consul{ServiceName: svc})
 		recPassing, recAll := newRecord(), newRecord()
 		ctx, cancel := context.WithCancel(context.Background())
 		donePassing, doneAll := recPassing.run(t, ctx, passing), recAll.run(t, ctx, all)
@@ -388,8 +378,8 @@ func TestConsulAgent(t *testing.T) {
 			recv(t, doneAll, 2*time.Second, "Run return")
 		}()
 		// a TTL check starts critical
-		consulAwait(t, recPassing.updates, []string{"10.2.0.2:7002"}, 5*time.Second, "critical instance left out")
-		consulAwait(t, recAll.updates, []string{"10.2.0.1:7001 weight=5", "10.2.0.2:7002"}, 5*time.Second, "every instance without passing_only")
+		waitList(t, recPassing.updates, asSortedLines, "10.2.0.2:7002", 5*time.Second, "critical instance left out")
+		waitList(t, recAll.updates, asSortedLines, "10.2.0.1:7001 weight=5 | 10.2.0.2:7002", 5*time.Second, "every instance without passing_only")
 		for _, step := range []struct {
 			status            string
 			wantPass, wantAll []string
@@ -400,34 +390,34 @@ func TestConsulAgent(t *testing.T) {
 			{api.HealthCritical, []string{"10.2.0.2:7002"}, nil},
 		} {
 			start := time.Now()
-			if err := agent.api.Agent().UpdateTTL("c1-ttl", "test", step.status); err != nil {
+			if err := agent.API.Agent().UpdateTTL("c1-ttl", "test", step.status); err != nil {
 				t.Fatal(err)
 			}
-			consulAwait(t, recPassing.updates, step.wantPass, consulPropagation, "passing only after "+step.status)
+			waitList(t, recPassing.updates, asSortedLines, strings.Join(step.wantPass, " | "), consulPropagation, "passing only after "+step.status)
 			if step.wantAll != nil {
-				consulAwait(t, recAll.updates, step.wantAll, consulPropagation, "all after "+step.status)
+				waitList(t, recAll.updates, asSortedLines, strings.Join(step.wantAll, " | "), consulPropagation, "all after "+step.status)
 			}
 			t.Logf("check %s: lists updated after %v", step.status, time.Since(start).Round(time.Millisecond))
 		}
 	})
 
 	t.Run("datacenter", func(t *testing.T) {
-		agent.register(t, &api.AgentServiceRegistration{ID: "d1", Name: "dc", Address: "10.3.0.1", Port: 6001})
-		got, err := agent.source(t, Consul{ServiceName: "dc", Datacenter: "dc1"}).Fetch(context.Background())
-		if err != nil || !slices.Equal(consulLines(got), []string{"10.3.0.1:6001"}) {
+		agent.Register(t, &api.AgentServiceRegistration{ID: "d1", Name: "dc", Address: "10.3.0.1", Port: 6001})
+		got, err := consulSource(t, agent, Consul{ServiceName: "dc", Datacenter: "dc1"}).Fetch(context.Background())
+		if err != nil || !slices.Equal(sortedLines(got), []string{"10.3.0.1:6001"}) {
 			t.Fatalf("Fetch in dc1 = %v, %v", got, err)
 		}
-		_, err = agent.source(t, Consul{ServiceName: "dc", Datacenter: "elsewhere"}).Fetch(context.Background())
-		if err == nil || !strings.Contains(err.Error(), "datacenter") || !strings.Contains(err.Error(), `consul: service "dc" at `+agent.http) {
+		_, err = consulSource(t, agent, Consul{ServiceName: "dc", Datacenter: "elsewhere"}).Fetch(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "datacenter") || !strings.Contains(err.Error(), `consul: service "dc" at `+agent.HTTP) {
 			t.Fatalf("Fetch in an unknown datacenter: %v, want an error naming the service, the agent and the datacenter", err)
 		}
 		t.Logf("error: %v", err)
 	})
 
 	t.Run("unix socket", func(t *testing.T) {
-		agent.register(t, &api.AgentServiceRegistration{ID: "u1", Name: "local", Address: "10.8.0.1", Port: 1001})
-		got, err := agent.source(t, Consul{Host: "unix://" + agent.unix, ServiceName: "local"}).Fetch(context.Background())
-		if err != nil || !slices.Equal(consulLines(got), []string{"10.8.0.1:1001"}) {
+		agent.Register(t, &api.AgentServiceRegistration{ID: "u1", Name: "local", Address: "10.8.0.1", Port: 1001})
+		got, err := consulSource(t, agent, Consul{Host: "unix://" + agent.Unix, ServiceName: "local"}).Fetch(context.Background())
+		if err != nil || !slices.Equal(sortedLines(got), []string{"10.8.0.1:1001"}) {
 			t.Fatalf("Fetch over the unix socket = %v, %v", got, err)
 		}
 	})
@@ -468,8 +458,8 @@ func TestConsulAgent(t *testing.T) {
 	})
 
 	t.Run("basic auth", func(t *testing.T) {
-		proxy := consulAuthProxy(t, agent.http, "between", "s3cret", "/consul")
-		agent.register(t, &api.AgentServiceRegistration{ID: "b1", Name: "behind", Address: "10.4.0.1", Port: 5001})
+		proxy := consulAuthProxy(t, agent.HTTP, "between", "s3cret", "/consul")
+		agent.Register(t, &api.AgentServiceRegistration{ID: "b1", Name: "behind", Address: "10.4.0.1", Port: 5001})
 		for _, tt := range []struct {
 			name, host, user, pass string
 			mention                []string // "" = works
@@ -485,7 +475,7 @@ func TestConsulAgent(t *testing.T) {
 				}
 				got, err := c.Fetch(context.Background())
 				if tt.mention == nil {
-					if err != nil || !slices.Equal(consulLines(got), []string{"10.4.0.1:5001"}) {
+					if err != nil || !slices.Equal(sortedLines(got), []string{"10.4.0.1:5001"}) {
 						t.Fatalf("Fetch through the proxy = %v, %v", got, err)
 					}
 					return
@@ -494,11 +484,7 @@ func TestConsulAgent(t *testing.T) {
 					t.Fatalf("Fetch = %v, want an error", got)
 				}
 				t.Logf("error: %v", err)
-				for _, m := range tt.mention {
-					if !strings.Contains(err.Error(), m) {
-						t.Errorf("error %q does not mention %q", err, m)
-					}
-				}
+				wantErrParts(t, err, tt.mention...)
 			})
 		}
 		t.Run("watch through the proxy", func(t *testing.T) {
@@ -510,18 +496,18 @@ func TestConsulAgent(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := rec.run(t, ctx, c)
 			defer func() { cancel(); recv(t, done, 2*time.Second, "Run return") }()
-			consulAwait(t, rec.updates, []string{"10.4.0.1:5001"}, 5*time.Second, "first list")
+			waitList(t, rec.updates, asSortedLines, "10.4.0.1:5001", 5*time.Second, "first list")
 			start := time.Now()
-			agent.register(t, &api.AgentServiceRegistration{ID: "b2", Name: "behind", Address: "10.4.0.2", Port: 5002})
-			consulAwait(t, rec.updates, []string{"10.4.0.1:5001", "10.4.0.2:5002"}, consulPropagation, "registration through the proxy")
+			agent.Register(t, &api.AgentServiceRegistration{ID: "b2", Name: "behind", Address: "10.4.0.2", Port: 5002})
+			waitList(t, rec.updates, asSortedLines, "10.4.0.1:5001 | 10.4.0.2:5002", consulPropagation, "registration through the proxy")
 			t.Logf("through the basic-auth proxy: new list after %v", time.Since(start).Round(time.Millisecond))
 		})
 	})
 
 	t.Run("proxy goes away", func(t *testing.T) {
 		// the Runner keeps the last list when Consul cannot be reached
-		srv := consulAuthServer(t, agent.http, "u", "p", "")
-		agent.register(t, &api.AgentServiceRegistration{ID: "g1", Name: "gone", Address: "10.5.0.1", Port: 4001})
+		srv := consulAuthServer(t, agent.HTTP, "u", "p", "")
+		agent.Register(t, &api.AgentServiceRegistration{ID: "g1", Name: "gone", Address: "10.5.0.1", Port: 4001})
 		c := &Consul{Host: srv.Listener.Addr().String(), ServiceName: "gone", AuthUsername: "u", AuthPassword: "p"}
 		if err := c.Provision(caddy.Context{}); err != nil {
 			t.Fatal(err)
@@ -530,7 +516,7 @@ func TestConsulAgent(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := rec.run(t, ctx, c)
 		defer func() { cancel(); recv(t, done, 2*time.Second, "Run return") }()
-		consulAwait(t, rec.updates, []string{"10.5.0.1:4001"}, 5*time.Second, "first list")
+		waitList(t, rec.updates, asSortedLines, "10.5.0.1:4001", 5*time.Second, "first list")
 		srv.CloseClientConnections()
 		srv.Close()
 		for i := 0; i < 2; i++ { // the broken watch, then the fetch after it
@@ -547,22 +533,22 @@ func TestConsulAgent(t *testing.T) {
 	})
 
 	t.Run("tls", func(t *testing.T) {
-		agent.register(t, &api.AgentServiceRegistration{ID: "t1", Name: "secure", Address: "10.6.0.1", Port: 3001})
+		agent.Register(t, &api.AgentServiceRegistration{ID: "t1", Name: "secure", Address: "10.6.0.1", Port: 3001})
 		for _, tt := range []struct {
 			name    string
 			src     Consul
 			mention string // "" = works
 		}{
-			{"ca and client certificate", Consul{Host: agent.https, TLSEnabled: true,
+			{"ca and client certificate", Consul{Host: agent.HTTPS, TLSEnabled: true,
 				TLSCACertPath: pki.ca, TLSCertPath: pki.clientCert, TLSKeyPath: pki.clientKey}, ""},
-			{"https:// turns TLS on", Consul{Host: "https://" + agent.https,
+			{"https:// turns TLS on", Consul{Host: "https://" + agent.HTTPS,
 				TLSCACertPath: pki.ca, TLSCertPath: pki.clientCert, TLSKeyPath: pki.clientKey}, ""},
-			{"by name", Consul{Host: "localhost:" + consulPort(agent.https), TLSEnabled: true,
+			{"by name", Consul{Host: "localhost:" + consulPort(agent.HTTPS), TLSEnabled: true,
 				TLSCACertPath: pki.ca, TLSCertPath: pki.clientCert, TLSKeyPath: pki.clientKey}, ""},
-			{"unknown CA", Consul{Host: agent.https, TLSEnabled: true,
+			{"unknown CA", Consul{Host: agent.HTTPS, TLSEnabled: true,
 				TLSCertPath: pki.clientCert, TLSKeyPath: pki.clientKey}, "certificate"},
-			{"no client certificate", Consul{Host: agent.https, TLSEnabled: true, TLSCACertPath: pki.ca}, "consul: "},
-			{"plain HTTP to the TLS port", Consul{Host: agent.https}, "consul: "},
+			{"no client certificate", Consul{Host: agent.HTTPS, TLSEnabled: true, TLSCACertPath: pki.ca}, "consul: "},
+			{"plain HTTP to the TLS port", Consul{Host: agent.HTTPS}, "consul: "},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
 				c := tt.src
@@ -574,7 +560,7 @@ func TestConsulAgent(t *testing.T) {
 				defer cancel()
 				got, err := c.Fetch(ctx)
 				if tt.mention == "" {
-					if err != nil || !slices.Equal(consulLines(got), []string{"10.6.0.1:3001"}) {
+					if err != nil || !slices.Equal(sortedLines(got), []string{"10.6.0.1:3001"}) {
 						t.Fatalf("Fetch over TLS = %v, %v", got, err)
 					}
 					return
@@ -590,13 +576,13 @@ func TestConsulAgent(t *testing.T) {
 
 // TestConsulACL runs the source against an agent with ACLs on (default deny).
 func TestConsulACL(t *testing.T) {
-	agent := startConsulAgent(t, consulAgentOptions{acl: true})
-	agent.register(t, &api.AgentServiceRegistration{ID: "a1", Name: "web", Address: "10.7.0.1", Port: 2001})
-	agent.register(t, &api.AgentServiceRegistration{ID: "a2", Name: "web", Address: "10.7.0.2", Port: 2002})
-	readToken := agent.token(t, `service "web" { policy = "read" }
+	agent := testpeers.StartConsul(t, testpeers.ConsulOptions{ACL: true})
+	agent.Register(t, &api.AgentServiceRegistration{ID: "a1", Name: "web", Address: "10.7.0.1", Port: 2001})
+	agent.Register(t, &api.AgentServiceRegistration{ID: "a2", Name: "web", Address: "10.7.0.2", Port: 2002})
+	readToken := agent.Token(t, `service "web" { policy = "read" }
 node_prefix "" { policy = "read" }`)
-	serviceOnly := agent.token(t, `service "web" { policy = "read" }`)
-	otherService := agent.token(t, `service "db" { policy = "read" }
+	serviceOnly := agent.Token(t, `service "web" { policy = "read" }`)
+	otherService := agent.Token(t, `service "db" { policy = "read" }
 node_prefix "" { policy = "read" }`)
 	want := []string{"10.7.0.1:2001", "10.7.0.2:2002"}
 	t.Setenv("BETWEEN_TEST_CONSUL_TOKEN", readToken)
@@ -610,7 +596,7 @@ node_prefix "" { policy = "read" }`)
 		mention     []string // nil = works
 	}{
 		{"read token", readToken, nil},
-		{"management token", agent.mgmt, nil},
+		{"management token", agent.Mgmt, nil},
 		{"token from the environment", "{env.BETWEEN_TEST_CONSUL_TOKEN}", nil},
 		{"token from a file", "{file." + tokenFile + "}", nil},
 		{"no token", "", []string{"permission denied", `service "web"`, "consul_acl_token"}},
@@ -619,9 +605,9 @@ node_prefix "" { policy = "read" }`)
 		{"another service", otherService, []string{"permission denied", "service:read"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := agent.source(t, Consul{ServiceName: "web", ACLToken: tt.token}).Fetch(context.Background())
+			got, err := consulSource(t, agent, Consul{ServiceName: "web", ACLToken: tt.token}).Fetch(context.Background())
 			if tt.mention == nil {
-				if err != nil || !slices.Equal(consulLines(got), want) {
+				if err != nil || !slices.Equal(sortedLines(got), want) {
 					t.Fatalf("Fetch = %v, %v; want %v", got, err, want)
 				}
 				return
@@ -630,33 +616,29 @@ node_prefix "" { policy = "read" }`)
 				t.Fatalf("Fetch = %v, want a permission error", got)
 			}
 			t.Logf("error: %v", err)
-			for _, m := range tt.mention {
-				if !strings.Contains(err.Error(), m) {
-					t.Errorf("error %q does not mention %q", err, m)
-				}
-			}
+			wantErrParts(t, err, tt.mention...)
 		})
 	}
 
 	t.Run("token revoked while watching", func(t *testing.T) {
-		id, secret := agent.tokenWithID(t, `service "web" { policy = "read" }
+		id, secret := agent.TokenWithID(t, `service "web" { policy = "read" }
 node_prefix "" { policy = "read" }`)
-		c := agent.source(t, Consul{ServiceName: "web", ACLToken: secret})
+		c := consulSource(t, agent, Consul{ServiceName: "web", ACLToken: secret})
 		c.wait = time.Second // a query started after the revocation may wait this long
 		rec := newRecord()
 		ctx, cancel := context.WithCancel(context.Background())
 		done := rec.run(t, ctx, c)
 		defer func() { cancel(); recv(t, done, 2*time.Second, "Run return") }()
-		consulAwait(t, rec.updates, want, 5*time.Second, "first list")
+		waitList(t, rec.updates, asSortedLines, strings.Join(want, " | "), 5*time.Second, "first list")
 		start := time.Now()
-		agent.register(t, &api.AgentServiceRegistration{ID: "a3", Name: "web", Address: "10.7.0.3", Port: 2003})
-		consulAwait(t, rec.updates, append(want, "10.7.0.3:2003"), consulPropagation, "registration seen with the token")
+		agent.Register(t, &api.AgentServiceRegistration{ID: "a3", Name: "web", Address: "10.7.0.3", Port: 2003})
+		waitList(t, rec.updates, asSortedLines, strings.Join(append(want, "10.7.0.3:2003"), " | "), consulPropagation, "registration seen with the token")
 		t.Logf("with ACLs: new list after %v", time.Since(start).Round(time.Millisecond))
-		if _, err := agent.api.ACL().TokenDelete(id, nil); err != nil {
+		if _, err := agent.API.ACL().TokenDelete(id, nil); err != nil {
 			t.Fatal(err)
 		}
 		// a change wakes the blocking query, which now runs without a valid token
-		agent.deregister(t, "a3")
+		agent.Deregister(t, "a3")
 		revoked := time.Now()
 		err := recv(t, rec.errs, 5*time.Second, "permission error")
 		t.Logf("revoked token noticed after %v (wait 1s)", time.Since(revoked).Round(time.Millisecond))
@@ -671,90 +653,9 @@ node_prefix "" { policy = "read" }`)
 	})
 }
 
-// consulAwait reads updates until one equals want (as backend lines, in
-// Consul's order) or within passes.
-func consulAwait(t *testing.T, updates <-chan []backend.Backend, want []string, within time.Duration, what string) {
-	t.Helper()
-	deadline := time.NewTimer(within)
-	defer deadline.Stop()
-	var last []string
-	for {
-		select {
-		case l := <-updates:
-			last = consulLines(l)
-			if slices.Equal(last, want) {
-				return
-			}
-		case <-deadline.C:
-			t.Fatalf("%s: no list %q within %v (last: %q)", what, want, within, last)
-		}
-	}
-}
-
-// consulLines renders a list as backend lines, sorted.
-func consulLines(l []backend.Backend) []string {
-	out := make([]string, 0, len(l))
-	for i := range l {
-		out = append(out, l[i].String())
-	}
-	slices.Sort(out)
-	if len(out) == 0 {
-		return nil
-	}
-	return out
-}
-
-// consulBinary returns the Consul agent to test against: $BETWEEN_CONSUL, or
-// the one scripts/consul.sh caches. Missing, it skips the test (fails in CI).
-func consulBinary(t testing.TB) string {
-	t.Helper()
-	bin := os.Getenv("BETWEEN_CONSUL")
-	if bin == "" {
-		cache := os.Getenv("XDG_CACHE_HOME")
-		if cache == "" {
-			home, _ := os.UserHomeDir()
-			cache = filepath.Join(home, ".cache")
-		}
-		bin = filepath.Join(cache, "between", "consul-v1.22.0", "consul")
-	}
-	if _, err := os.Stat(bin); err != nil {
-		msg := fmt.Sprintf("no consul agent at %s (build it with scripts/consul.sh or set BETWEEN_CONSUL): %v", bin, err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return bin
-}
-
-type consulAgentOptions struct {
-	acl bool     // ACLs on, default deny, with a management token
-	pki *testPKI // an HTTPS port with these certificates, clients verified
-}
-
-// consulAgent is a consul agent -dev run by a test.
-type consulAgent struct {
-	http  string      // host:port of the HTTP API
-	unix  string      // path of the HTTP API's unix socket
-	https string      // host:port of the HTTPS API, when started with a pki
-	mgmt  string      // the management token, when ACLs are on
-	api   *api.Client // talks to the HTTP API with the management token
-}
-
-// consulFreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func consulFreePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // consulClosedAddr is a 127.0.0.1 address where nothing listens.
 func consulClosedAddr(t testing.TB) string {
-	return fmt.Sprintf("127.0.0.1:%d", consulFreePort(t))
+	return fmt.Sprintf("127.0.0.1:%d", testpeers.FreePort(t))
 }
 
 func consulPort(hostport string) string {
@@ -762,169 +663,18 @@ func consulPort(hostport string) string {
 	return port
 }
 
-// startConsulAgent runs a dev agent on free loopback ports (DNS and gRPC
-// off) and waits for it to lead; the test's cleanup stops it.
-func startConsulAgent(t *testing.T, opt consulAgentOptions) *consulAgent {
-	t.Helper()
-	bin := consulBinary(t)
-	dir := t.TempDir()
-	a := &consulAgent{http: fmt.Sprintf("127.0.0.1:%d", consulFreePort(t))}
-	hcl := "disable_update_check = true\n"
-	if opt.acl {
-		a.mgmt = "5b4b4b8e-6f0c-4c39-9c57-3b5c2b8b0a01"
-		hcl += fmt.Sprintf(`acl {
-  enabled = true
-  default_policy = "deny"
-  tokens {
-    initial_management = %q
-    agent = %q
-  }
-}
-`, a.mgmt, a.mgmt)
-	}
-	if opt.pki != nil {
-		a.https = fmt.Sprintf("127.0.0.1:%d", consulFreePort(t))
-		hcl += fmt.Sprintf(`ports { https = %s }
-tls {
-  defaults {
-    ca_file = %q
-    cert_file = %q
-    key_file = %q
-  }
-  https { verify_incoming = true }
-}
-`, consulPort(a.https), opt.pki.ca, opt.pki.serverCert, opt.pki.serverKey)
-	}
-	// the HTTP API also on a unix socket (short path: sun_path is 108 bytes)
-	sock, err := os.MkdirTemp("", "consul")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sock) })
-	a.unix = filepath.Join(sock, "http.sock")
-	hcl += fmt.Sprintf("addresses { http = \"127.0.0.1 unix://%s\" }\n", a.unix)
-	cfg := filepath.Join(dir, "agent.hcl")
-	if err := os.WriteFile(cfg, []byte(hcl), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var out consulOutput
-	cmd := exec.Command(bin, "agent", "-dev", "-node", "between-test",
-		"-bind", "127.0.0.1", "-client", "127.0.0.1",
-		"-http-port", consulPort(a.http), "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
-		"-server-port", strconv.Itoa(consulFreePort(t)), "-serf-lan-port", strconv.Itoa(consulFreePort(t)),
-		"-serf-wan-port", "-1", "-data-dir", filepath.Join(dir, "data"), "-config-file", cfg)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("consul agent output (tail):\n%s", out.tail(40))
-		}
-	})
-	client, err := api.NewClient(&api.Config{Address: a.http, Token: a.mgmt})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.api = client
-	// ready: a leader, and (with ACLs) the management token resolves
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		leader, err := client.Status().Leader()
-		if err == nil && leader != "" {
-			if !opt.acl {
-				break
-			}
-			if _, _, err = client.ACL().TokenReadSelf(nil); err == nil {
-				break
-			}
-		}
-		select {
-		case <-exited:
-			t.Fatalf("consul agent exited: %v\n%s", cmd.ProcessState, out.tail(40))
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("consul agent not ready within 30s (last: %v)\n%s", err, out.tail(40))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return a
-}
-
-// source is a provisioned Consul source for this agent (its HTTP API) with
+// consulSource is a provisioned Consul source for this agent (its HTTP API) with
 // the fields of c.
-func (a *consulAgent) source(t *testing.T, c Consul) *Consul {
+func consulSource(t *testing.T, a *testpeers.Consul, c Consul) *Consul {
 	t.Helper()
 	if c.Host == "" {
-		c.Host = a.http
+		c.Host = a.HTTP
 	}
 	src := &c
 	if err := src.Provision(caddy.Context{}); err != nil {
 		t.Fatal(err)
 	}
 	return src
-}
-
-func (a *consulAgent) register(t *testing.T, reg *api.AgentServiceRegistration) {
-	t.Helper()
-	if err := a.api.Agent().ServiceRegister(reg); err != nil {
-		t.Fatalf("registering %s: %v", reg.ID, err)
-	}
-}
-
-func (a *consulAgent) deregister(t *testing.T, id string) {
-	t.Helper()
-	if err := a.api.Agent().ServiceDeregister(id); err != nil {
-		t.Fatalf("deregistering %s: %v", id, err)
-	}
-}
-
-// token creates an ACL token with a policy of these rules; it returns the secret.
-func (a *consulAgent) token(t *testing.T, rules string) string {
-	_, secret := a.tokenWithID(t, rules)
-	return secret
-}
-
-// tokenWithID creates an ACL token with a policy of these rules; it returns
-// the token's accessor ID and secret.
-func (a *consulAgent) tokenWithID(t *testing.T, rules string) (string, string) {
-	t.Helper()
-	policy, _, err := a.api.ACL().PolicyCreate(&api.ACLPolicy{Name: fmt.Sprintf("p-%d", time.Now().UnixNano()), Rules: rules}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, _, err := a.api.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok.AccessorID, tok.SecretID
-}
-
-// consulOutput collects the agent's output for failure reports.
-type consulOutput struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (o *consulOutput) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.Write(p)
-}
-
-func (o *consulOutput) tail(n int) string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	l := strings.Split(o.buf.String(), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
 }
 
 // consulAuthServer is a reverse proxy to the agent at target that wants HTTP
@@ -968,54 +718,12 @@ type testPKI struct {
 func newTestPKI(t *testing.T) *testPKI {
 	t.Helper()
 	dir := t.TempDir()
-	write := func(name, typ string, der []byte) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	newKey := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	now := time.Now()
-	caKey := newKey()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "between test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &testPKI{ca: write("ca.pem", "CERTIFICATE", caDER)}
-	leaf := func(serial int64, name string, usage x509.ExtKeyUsage) (certPath, keyPath string) {
-		key := newKey()
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}}
-		if usage == x509.ExtKeyUsageServerAuth {
-			tmpl.DNSNames = []string{"localhost", "server.dc1.consul"}
-			tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return write(name+".pem", "CERTIFICATE", der), write(name+"-key.pem", "EC PRIVATE KEY", keyDER)
-	}
-	p.serverCert, p.serverKey = leaf(2, "server", x509.ExtKeyUsageServerAuth)
-	p.clientCert, p.clientKey = leaf(3, "client", x509.ExtKeyUsageClientAuth)
+	p := &testPKI{ca: filepath.Join(dir, "ca.pem"),
+		serverCert: filepath.Join(dir, "server.pem"), serverKey: filepath.Join(dir, "server-key.pem"),
+		clientCert: filepath.Join(dir, "client.pem"), clientKey: filepath.Join(dir, "client-key.pem")}
+	ca := testpeers.NewCA(t, "between test CA")
+	ca.WriteCA(t, p.ca)
+	ca.Issue(t, "server", false, p.serverCert, p.serverKey, "server.dc1.consul")
+	ca.Issue(t, "client", true, p.clientCert, p.clientKey)
 	return p
 }

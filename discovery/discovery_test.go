@@ -733,15 +733,6 @@ func caddyfileErrors(t *testing.T, newMod func() caddyfile.Unmarshaler, cases []
 	}
 }
 
-// asLines renders a list as backend lines, joined by " | ".
-func asLines(l []backend.Backend) string {
-	out := make([]string, len(l))
-	for i := range l {
-		out[i] = l[i].String()
-	}
-	return strings.Join(out, " | ")
-}
-
 // caddyContext is a Caddy context for provisioning modules in tests.
 func caddyContext() caddy.Context {
 	ctx, _ := caddy.NewContext(caddy.Context{Context: context.Background()})

@@ -1,35 +1,24 @@
 package discovery
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"debug/elf"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddy-between/between/backend"
+	"github.com/caddy-between/between/internal/testpeers"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
@@ -538,7 +527,7 @@ func TestDockerFetchErrors(t *testing.T) {
 			return "unix://" + filepath.Join(f.t.TempDir(), "none.sock")
 		}, []string{"docker: listing containers", "none.sock"}},
 		{"refused", func(f *fakeEngine) string {
-			return "tcp://127.0.0.1:" + strconv.Itoa(dockerFreePort(f.t))
+			return "tcp://127.0.0.1:" + strconv.Itoa(testpeers.FreePort(f.t))
 		}, []string{"docker: listing containers", "refused"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -551,11 +540,7 @@ func TestDockerFetchErrors(t *testing.T) {
 			if err == nil {
 				t.Fatal("Fetch succeeded")
 			}
-			for _, m := range tt.mention {
-				if !strings.Contains(err.Error(), m) {
-					t.Errorf("error %q does not mention %q", err, m)
-				}
-			}
+			wantErrParts(t, err, tt.mention...)
 		})
 	}
 	t.Run("honours ctx", func(t *testing.T) {
@@ -579,16 +564,6 @@ func TestDockerFetchErrors(t *testing.T) {
 			t.Fatalf("Fetch took %s past a 200ms deadline", took)
 		}
 	})
-}
-
-func dockerFreePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	return port
 }
 
 // Watch against the fake: lists after relevant events only, a clear error
@@ -679,375 +654,10 @@ func TestDockerWatchEndsWithCtx(t *testing.T) {
 
 // ---- the real daemon ----
 
-// dockerDaemon is a dockerd started by a test: its own data and exec roots,
-// a unix socket and a TLS-verified TCP listener on loopback, --live-restore so
-// that containers outlive a stop of the daemon.
-type dockerDaemon struct {
-	t       *testing.T
-	dir     string
-	sock    string
-	tlsAddr string // 127.0.0.1:PORT
-	ca      string // CA certificate path
-	cert    string // client certificate path
-	key     string // client key path
-	otherCA string // a CA that did not sign the daemon's certificate
-	args    []string
-	cli     string
-	cmd     *exec.Cmd
-	exited  chan struct{}
-}
-
-// startDockerDaemon starts a daemon and imports the busybox image bb:local;
-// the test's cleanup removes its containers and stops it. Without dockerd,
-// the docker CLI or a static busybox the test skips, or fails when CI=true.
-func startDockerDaemon(t *testing.T) *dockerDaemon {
+// dockerSource is a provisioned docker source on the daemon's unix socket.
+func dockerSource(t *testing.T, d *testpeers.Dockerd, mod func(*Docker)) (*Docker, *observer.ObservedLogs) {
 	t.Helper()
-	missing := func(what string) {
-		msg := what + " (Debian docker.io and busybox-static; see discovery/README.md)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	dockerd, err := exec.LookPath("dockerd")
-	if err != nil {
-		missing("dockerd not installed")
-	}
-	cli, err := exec.LookPath("docker")
-	if err != nil {
-		missing("docker CLI not installed")
-	}
-	busybox, err := exec.LookPath("busybox")
-	if err != nil || !dockerStaticBinary(busybox) {
-		missing("no static busybox")
-	}
-	if os.Geteuid() != 0 {
-		missing("dockerd needs root")
-	}
-	// A short path: containerd's sockets live under it.
-	dir, err := os.MkdirTemp("", "dockerd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &dockerDaemon{t: t, dir: dir, sock: filepath.Join(dir, "docker.sock"), cli: cli}
-	d.tlsAddr = fmt.Sprintf("127.0.0.1:%d", dockerFreePort(t))
-	serverCert, serverKey := d.writeCerts()
-	if err := os.WriteFile(filepath.Join(dir, "daemon.json"), []byte("{}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d.args = []string{dockerd,
-		"--config-file", filepath.Join(dir, "daemon.json"),
-		"--host", "unix://" + d.sock,
-		"--host", "tcp://" + d.tlsAddr,
-		"--tlsverify", "--tlscacert", d.ca, "--tlscert", serverCert, "--tlskey", serverKey,
-		"--data-root", filepath.Join(dir, "data"),
-		"--exec-root", filepath.Join(dir, "exec"),
-		"--pidfile", filepath.Join(dir, "docker.pid"),
-		"--iptables=false", "--ip6tables=false", "--bridge=none",
-		"--live-restore", "--shutdown-timeout", "2",
-	}
-	t.Cleanup(d.cleanup)
-	d.start()
-	d.importImage(busybox)
-	return d
-}
-
-// dockerStaticBinary reports whether the ELF file at path needs no interpreter.
-func dockerStaticBinary(path string) bool {
-	f, err := elf.Open(path)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return false
-		}
-	}
-	return true
-}
-
-// start runs dockerd and waits until it answers.
-func (d *dockerDaemon) start() {
-	t := d.t
-	t.Helper()
-	logf, err := os.OpenFile(filepath.Join(d.dir, "dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.cmd = exec.Command(d.args[0], d.args[1:]...)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logf.Close()
-	d.exited = make(chan struct{})
-	go func(cmd *exec.Cmd, exited chan struct{}) {
-		cmd.Wait()
-		close(exited)
-	}(d.cmd, d.exited)
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if d.ping() {
-			return
-		}
-		select {
-		case <-d.exited:
-			t.Fatalf("dockerd exited at start:\n%s", d.logTail())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	t.Fatalf("dockerd did not answer within 30s:\n%s", d.logTail())
-}
-
-func (d *dockerDaemon) ping() bool {
-	c := http.Client{Timeout: time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var dl net.Dialer
-			return dl.DialContext(ctx, "unix", d.sock)
-		}}}
-	resp, err := c.Get("http://docker/_ping")
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == 200
-}
-
-// stop ends dockerd (SIGTERM to its PID) and waits for it.
-func (d *dockerDaemon) stop() {
-	d.t.Helper()
-	if d.cmd == nil {
-		return
-	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.exited:
-	case <-time.After(30 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.exited
-	}
-	d.cmd = nil
-}
-
-func (d *dockerDaemon) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(d.dir, "dockerd.log"))
-	return dockerTail(string(b), 30)
-}
-
-func dockerTail(s string, lines int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(l) > lines {
-		l = l[len(l)-lines:]
-	}
-	return strings.Join(l, "\n")
-}
-
-// cleanup removes every container and network, stops the daemon and its
-// containerd, and removes the directory.
-func (d *dockerDaemon) cleanup() {
-	if d.t.Failed() {
-		d.t.Logf("dockerd log:\n%s", d.logTail())
-	}
-	if d.cmd == nil && d.args != nil {
-		// containers that outlived a stopped daemon (live-restore) are
-		// removed through a daemon
-		func() {
-			defer func() { recover() }()
-			d.start()
-		}()
-	}
-	if d.cmd != nil {
-		if ids, err := d.try("ps", "-aq"); err == nil && ids != "" {
-			d.try(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
-		}
-		d.try("network", "prune", "-f")
-		d.stop()
-	}
-	// dockerd stops the containerd it started; make sure of it
-	if b, err := os.ReadFile(filepath.Join(d.dir, "exec", "containerd", "containerd.pid")); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
-			if p, err := os.FindProcess(pid); err == nil && p.Signal(syscall.Signal(0)) == nil {
-				p.Signal(syscall.SIGKILL)
-			}
-		}
-	}
-	dockerUnmountUnder(d.dir)
-	if err := os.RemoveAll(d.dir); err != nil {
-		d.t.Errorf("removing the daemon's directory: %v", err)
-	}
-}
-
-// dockerUnmountUnder detaches every mount below dir (dockerd leaves its data-root
-// bind mount and the netns mount behind).
-func dockerUnmountUnder(dir string) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	var points []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			points = append(points, f[4])
-		}
-	}
-	// deepest first
-	slices.SortFunc(points, func(a, b string) int { return len(b) - len(a) })
-	for _, p := range points {
-		syscall.Unmount(p, syscall.MNT_DETACH)
-	}
-}
-
-// docker runs the CLI against the daemon and returns its trimmed output.
-func (d *dockerDaemon) docker(args ...string) string {
-	d.t.Helper()
-	out, err := d.try(args...)
-	if err != nil {
-		d.t.Fatalf("docker %s: %v", strings.Join(args, " "), err)
-	}
-	return out
-}
-
-func (d *dockerDaemon) try(args ...string) (string, error) {
-	return d.tryIn(nil, args...)
-}
-
-func (d *dockerDaemon) tryIn(stdin []byte, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, d.cli, args...)
-	cmd.Env = append(os.Environ(), "DOCKER_HOST=unix://"+d.sock, "DOCKER_CONFIG="+filepath.Join(d.dir, "cli"))
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
-	}
-	return strings.TrimSpace(stdout.String()), nil
-}
-
-// importImage builds bb:local, a root file system with a static busybox, its
-// applets as symlinks and /bin/answer (prints $NAME), without pulling.
-func (d *dockerDaemon) importImage(busybox string) {
-	t := d.t
-	t.Helper()
-	bin, err := os.ReadFile(busybox)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	add := func(h *tar.Header, body []byte) {
-		h.ModTime = time.Unix(0, 0)
-		h.Size = int64(len(body))
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(body); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, dir := range []string{"bin/", "tmp/", "www/"} {
-		add(&tar.Header{Name: dir, Typeflag: tar.TypeDir, Mode: 0o755}, nil)
-	}
-	add(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755}, bin)
-	for _, applet := range []string{"sh", "nc", "httpd", "sleep", "env", "cat", "echo"} {
-		add(&tar.Header{Name: "bin/" + applet, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}, nil)
-	}
-	add(&tar.Header{Name: "bin/answer", Typeflag: tar.TypeReg, Mode: 0o755}, []byte("#!/bin/sh\necho \"$NAME\"\n"))
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.tryIn(buf.Bytes(), "import", "-", "bb:local"); err != nil {
-		t.Fatalf("docker import: %v", err)
-	}
-}
-
-// run starts a container of bb:local answering its name on port (nc, under
-// docker-init so that a stop ends it at once) and returns its ID.
-func (d *dockerDaemon) run(name string, port int, opts ...string) string {
-	d.t.Helper()
-	args := append([]string{"run", "-d", "--init", "--name", name, "-e", "NAME=" + name}, opts...)
-	args = append(args, "bb:local", "nc", "-ll", "-p", strconv.Itoa(port), "-e", "/bin/answer")
-	return d.docker(args...)
-}
-
-// writeCerts makes a CA, a server certificate for 127.0.0.1 and a client
-// certificate, and another CA; it returns the server's certificate and key.
-func (d *dockerDaemon) writeCerts() (serverCert, serverKey string) {
-	t := d.t
-	write := func(name string, typ string, der []byte) string {
-		p := filepath.Join(d.dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	newKey := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	serial := int64(1)
-	issue := func(tmpl, parent *x509.Certificate, pub, signer any) (*x509.Certificate, []byte) {
-		serial++
-		tmpl.SerialNumber = big.NewInt(serial)
-		tmpl.NotBefore = time.Now().Add(-time.Hour)
-		tmpl.NotAfter = time.Now().Add(24 * time.Hour)
-		if parent == nil {
-			parent = tmpl
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c, der
-	}
-	keyDER := func(k *ecdsa.PrivateKey) []byte {
-		der, err := x509.MarshalECPrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return der
-	}
-	caTmpl := func(cn string) *x509.Certificate {
-		return &x509.Certificate{Subject: pkix.Name{CommonName: cn}, IsCA: true, BasicConstraintsValid: true,
-			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	}
-	caKey := newKey()
-	ca, caDER := issue(caTmpl("between test CA"), nil, &caKey.PublicKey, caKey)
-	d.ca = write("ca.pem", "CERTIFICATE", caDER)
-	otherKey := newKey()
-	_, otherDER := issue(caTmpl("another CA"), nil, &otherKey.PublicKey, otherKey)
-	d.otherCA = write("other-ca.pem", "CERTIFICATE", otherDER)
-
-	sKey := newKey()
-	_, sDER := issue(&x509.Certificate{Subject: pkix.Name{CommonName: "dockerd"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, ca, &sKey.PublicKey, caKey)
-	serverCert = write("server.pem", "CERTIFICATE", sDER)
-	serverKey = write("server-key.pem", "EC PRIVATE KEY", keyDER(sKey))
-
-	cKey := newKey()
-	_, cDER := issue(&x509.Certificate{Subject: pkix.Name{CommonName: "between"},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca, &cKey.PublicKey, caKey)
-	d.cert = write("client.pem", "CERTIFICATE", cDER)
-	d.key = write("client-key.pem", "EC PRIVATE KEY", keyDER(cKey))
-	return serverCert, serverKey
-}
-
-// source is a provisioned docker source on the daemon's unix socket.
-func (d *dockerDaemon) source(t *testing.T, mod func(*Docker)) (*Docker, *observer.ObservedLogs) {
-	t.Helper()
-	s := &Docker{DockerEndpoint: "unix://" + d.sock}
+	s := &Docker{DockerEndpoint: "unix://" + d.Sock}
 	mod(s)
 	if err := s.Provision(caddy.Context{}); err != nil {
 		t.Fatal(err)
@@ -1138,11 +748,11 @@ func dockerCheckDelay(t *testing.T, what string, began, returned, at time.Time) 
 // The source against a real dockerd: event-driven updates, published ports,
 // docker_network, the label filter, TLS, and a daemon that stops.
 func TestDockerDaemon(t *testing.T) {
-	d := startDockerDaemon(t)
+	d := testpeers.StartDockerd(t, true)
 
 	t.Run("host network follows events", func(t *testing.T) {
-		port := dockerFreePort(t)
-		s, _ := d.source(t, func(s *Docker) {
+		port := testpeers.FreePort(t)
+		s, _ := dockerSource(t, d, func(s *Docker) {
 			s.DockerContainerPrivatePort = port
 			s.DockerContainerLabel = "between.test=hostnet"
 		})
@@ -1150,17 +760,17 @@ func TestDockerDaemon(t *testing.T) {
 		dockerWaitList(t, updates, "", 5*time.Second)
 
 		// another label value: not listed
-		d.run("hostnet-other", dockerFreePort(t), "--network", "host", "--label", "between.test=other")
+		d.Run("hostnet-other", testpeers.FreePort(t), "--network", "host", "--label", "between.test=other")
 		want := "127.0.0.1:" + strconv.Itoa(port)
 		for i, name := range []string{"hostnet-a", "hostnet-b"} {
 			start := time.Now()
-			d.run(name, port, "--network", "host", "--label", "between.test=hostnet")
+			d.Run(name, port, "--network", "host", "--label", "between.test=hostnet")
 			dockerCheckDelay(t, "run "+name, start, time.Now(), dockerWaitList(t, updates, want, 3*time.Second))
 			start = time.Now()
 			if i == 0 {
-				d.docker("stop", "-t", "1", name)
+				d.Docker("stop", "-t", "1", name)
 			} else {
-				d.docker("rm", "-f", name)
+				d.Docker("rm", "-f", name)
 			}
 			dockerCheckDelay(t, "stop/rm "+name, start, time.Now(), dockerWaitList(t, updates, "", 3*time.Second))
 		}
@@ -1172,29 +782,29 @@ func TestDockerDaemon(t *testing.T) {
 	})
 
 	// one user-defined bridge network for the next subtests
-	d.docker("network", "create", "--driver", "bridge", "betweennet")
-	netID := d.docker("network", "inspect", "-f", "{{.Id}}", "betweennet")
+	d.Docker("network", "create", "--driver", "bridge", "betweennet")
+	netID := d.Docker("network", "inspect", "-f", "{{.Id}}", "betweennet")
 	pub := []string{"--network", "betweennet", "--label", "between.test=pub"}
-	d.run("pub-local", 7000, append(pub, "-p", "127.0.0.1::7000")...)
-	d.run("pub-all", 7000, append(pub, "-p", "7000")...)
-	d.run("pub-env", 7000, append(pub, "-p", "127.0.0.1::7000", "-e", "HOST_IP=127.0.0.2")...)
-	d.run("pub-exposed", 7000, append(pub, "--expose", "7000")...)
-	d.run("pub-paused", 7000, append(pub, "-p", "127.0.0.1::7000")...)
-	d.docker("pause", "pub-paused")
-	d.run("other-label", 7000, "--network", "betweennet", "--label", "between.test=other", "-p", "127.0.0.1::7000")
+	d.Run("pub-local", 7000, append(pub, "-p", "127.0.0.1::7000")...)
+	d.Run("pub-all", 7000, append(pub, "-p", "7000")...)
+	d.Run("pub-env", 7000, append(pub, "-p", "127.0.0.1::7000", "-e", "HOST_IP=127.0.0.2")...)
+	d.Run("pub-exposed", 7000, append(pub, "--expose", "7000")...)
+	d.Run("pub-paused", 7000, append(pub, "-p", "127.0.0.1::7000")...)
+	d.Docker("pause", "pub-paused")
+	d.Run("other-label", 7000, "--network", "betweennet", "--label", "between.test=other", "-p", "127.0.0.1::7000")
 	hostPort := func(name string) string {
-		out := d.docker("port", name, "7000/tcp")
+		out := d.Docker("port", name, "7000/tcp")
 		// "127.0.0.1:49153" or "0.0.0.0:49154\n:::49154"
 		first := strings.Fields(out)[0]
 		return first[strings.LastIndex(first, ":")+1:]
 	}
 	ip := func(name string) string {
-		return d.docker("inspect", "-f", "{{.NetworkSettings.Networks.betweennet.IPAddress}}", name)
+		return d.Docker("inspect", "-f", "{{.NetworkSettings.Networks.betweennet.IPAddress}}", name)
 	}
 	pubLabel := func(s *Docker) { s.DockerContainerPrivatePort = 7000; s.DockerContainerLabel = "between.test=pub" }
 
 	t.Run("published ports", func(t *testing.T) {
-		s, logs := d.source(t, pubLabel)
+		s, logs := dockerSource(t, d, pubLabel)
 		want := dockerSorted(fmt.Sprintf("127.0.0.1:%s 127.0.0.1:%s 127.0.0.1:%s", hostPort("pub-local"), hostPort("pub-all"), hostPort("pub-env")))
 		if got := dockerFetchList(t, s); got != want {
 			t.Fatalf("list %q, want %q", got, want)
@@ -1211,7 +821,7 @@ func TestDockerDaemon(t *testing.T) {
 	})
 
 	t.Run("host from env var", func(t *testing.T) {
-		s, _ := d.source(t, func(s *Docker) { pubLabel(s); s.DockerContainerHostEnvVar = "HOST_IP" })
+		s, _ := dockerSource(t, d, func(s *Docker) { pubLabel(s); s.DockerContainerHostEnvVar = "HOST_IP" })
 		want := dockerSorted(fmt.Sprintf("127.0.0.1:%s 127.0.0.1:%s 127.0.0.2:%s", hostPort("pub-local"), hostPort("pub-all"), hostPort("pub-env")))
 		if got := dockerFetchList(t, s); got != want {
 			t.Fatalf("list %q, want %q", got, want)
@@ -1221,7 +831,7 @@ func TestDockerDaemon(t *testing.T) {
 	t.Run("docker_network", func(t *testing.T) {
 		want := dockerSorted(fmt.Sprintf("%s:7000 %s:7000 %s:7000 %s:7000", ip("pub-local"), ip("pub-all"), ip("pub-env"), ip("pub-exposed")))
 		for _, network := range []string{"betweennet", netID[:12]} {
-			s, logs := d.source(t, func(s *Docker) { pubLabel(s); s.DockerNetwork = network })
+			s, logs := dockerSource(t, d, func(s *Docker) { pubLabel(s); s.DockerNetwork = network })
 			if got := dockerFetchList(t, s); got != want {
 				t.Fatalf("docker_network %s: list %q, want %q", network, got, want)
 			}
@@ -1231,7 +841,7 @@ func TestDockerDaemon(t *testing.T) {
 		}
 
 		// network connect and disconnect are followed too
-		s, wlogs := d.source(t, func(s *Docker) { pubLabel(s); s.DockerNetwork = "betweennet" })
+		s, wlogs := dockerSource(t, d, func(s *Docker) { pubLabel(s); s.DockerNetwork = "betweennet" })
 		defer func() {
 			if t.Failed() {
 				t.Logf("skips: %q", dockerSkipped(wlogs))
@@ -1241,22 +851,22 @@ func TestDockerDaemon(t *testing.T) {
 		dockerWaitList(t, updates, want, 5*time.Second)
 		exposedIP := ip("pub-exposed")
 		start := time.Now()
-		d.docker("network", "disconnect", "betweennet", "pub-exposed")
+		d.Docker("network", "disconnect", "betweennet", "pub-exposed")
 		returned := time.Now()
 		without := strings.TrimSpace(strings.Replace(want, exposedIP+":7000", "", 1))
 		dockerCheckDelay(t, "network disconnect", start, returned, dockerWaitList(t, updates, without, 3*time.Second))
 		start = time.Now()
-		d.docker("network", "connect", "betweennet", "pub-exposed")
+		d.Docker("network", "connect", "betweennet", "pub-exposed")
 		returned = time.Now()
 		with := strings.Replace(want, exposedIP+":7000", ip("pub-exposed")+":7000", 1)
 		dockerCheckDelay(t, "network connect", start, returned, dockerWaitList(t, updates, with, 3*time.Second))
 	})
 
 	t.Run("docker_network host", func(t *testing.T) {
-		port := dockerFreePort(t)
-		d.run("hostnet-c", port, "--network", "host", "--label", "between.test=pub")
-		defer d.docker("rm", "-f", "hostnet-c")
-		s, logs := d.source(t, func(s *Docker) { pubLabel(s); s.DockerNetwork = "host"; s.DockerContainerPrivatePort = port })
+		port := testpeers.FreePort(t)
+		d.Run("hostnet-c", port, "--network", "host", "--label", "between.test=pub")
+		defer d.Docker("rm", "-f", "hostnet-c")
+		s, logs := dockerSource(t, d, func(s *Docker) { pubLabel(s); s.DockerNetwork = "host"; s.DockerContainerPrivatePort = port })
 		if got, want := dockerFetchList(t, s), "127.0.0.1:"+strconv.Itoa(port); got != want {
 			t.Fatalf("list %q, want %q", got, want)
 		}
@@ -1266,7 +876,7 @@ func TestDockerDaemon(t *testing.T) {
 	})
 
 	t.Run("tls endpoint", func(t *testing.T) {
-		unix, _ := d.source(t, pubLabel)
+		unix, _ := dockerSource(t, d, pubLabel)
 		want := dockerFetchList(t, unix)
 		for _, tt := range []struct {
 			name     string
@@ -1274,16 +884,16 @@ func TestDockerDaemon(t *testing.T) {
 			ca, cert string
 			mention  string
 		}{
-			{"tcp with docker_tls_enabled", "tcp://" + d.tlsAddr, d.ca, d.cert, ""},
-			{"https", "https://" + d.tlsAddr, d.ca, d.cert, ""},
-			{"no client certificate", "tcp://" + d.tlsAddr, d.ca, "", "certificate"},
-			{"wrong CA", "tcp://" + d.tlsAddr, d.otherCA, d.cert, "certificate signed by unknown authority"},
+			{"tcp with docker_tls_enabled", "tcp://" + d.TLSAddr, d.CA, d.Cert, ""},
+			{"https", "https://" + d.TLSAddr, d.CA, d.Cert, ""},
+			{"no client certificate", "tcp://" + d.TLSAddr, d.CA, "", "certificate"},
+			{"wrong CA", "tcp://" + d.TLSAddr, d.OtherCA, d.Cert, "certificate signed by unknown authority"},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
 				s := &Docker{DockerEndpoint: tt.endpoint, DockerTLSEnabled: true, DockerTLSCACertPath: tt.ca}
 				pubLabel(s)
 				if tt.cert != "" {
-					s.DockerTLSCertPath, s.DockerTLSKeyPath = tt.cert, d.key
+					s.DockerTLSCertPath, s.DockerTLSKeyPath = tt.cert, d.Key
 				}
 				if err := s.Provision(caddy.Context{}); err != nil {
 					t.Fatal(err)
@@ -1314,14 +924,14 @@ func TestDockerDaemon(t *testing.T) {
 
 	// Last: stops and restarts the daemon.
 	t.Run("daemon stopped keeps the last list", func(t *testing.T) {
-		port := dockerFreePort(t)
-		d.run("survivor", port, "--network", "host", "--label", "between.test=survivor")
-		s, _ := d.source(t, func(s *Docker) { s.DockerContainerPrivatePort = port; s.DockerContainerLabel = "between.test=survivor" })
+		port := testpeers.FreePort(t)
+		d.Run("survivor", port, "--network", "host", "--label", "between.test=survivor")
+		s, _ := dockerSource(t, d, func(s *Docker) { s.DockerContainerPrivatePort = port; s.DockerContainerLabel = "between.test=survivor" })
 		updates, errs := dockerRun(t, s)
 		want := "127.0.0.1:" + strconv.Itoa(port)
 		dockerWaitList(t, updates, want, 5*time.Second)
 
-		d.stop()
+		d.Stop()
 		err := recv(t, errs, 5*time.Second, "error after dockerd stopped")
 		if !strings.Contains(err.Error(), "docker") {
 			t.Errorf("error %q does not say docker", err)
@@ -1337,11 +947,11 @@ func TestDockerDaemon(t *testing.T) {
 
 		// back up: the container outlived the daemon and is still listed; a
 		// stop now shows once the watch is open again
-		d.start()
+		d.Start()
 		restarted := time.Now()
 		dockerWaitList(t, updates, want, 40*time.Second)
 		t.Logf("watching again %s after the daemon restarted", time.Since(restarted).Round(time.Millisecond))
-		d.docker("stop", "-t", "1", "survivor")
+		d.Docker("stop", "-t", "1", "survivor")
 		dockerWaitList(t, updates, "", 3*time.Second)
 	})
 }

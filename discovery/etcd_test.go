@@ -1,30 +1,18 @@
 package discovery
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddy-between/between/backend"
+	"github.com/caddy-between/between/internal/testpeers"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -81,9 +69,9 @@ func TestEtcdValidate(t *testing.T) {
 
 func TestEtcdProvisionTLSFiles(t *testing.T) {
 	dir := t.TempDir()
-	ca := newEtcdCA(t, "ca")
-	ca.writeCA(t, filepath.Join(dir, "ca.pem"))
-	ca.issue(t, "client", true, filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"))
+	ca := testpeers.NewCA(t, "ca")
+	ca.WriteCA(t, filepath.Join(dir, "ca.pem"))
+	ca.Issue(t, "client", true, filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"))
 	os.WriteFile(filepath.Join(dir, "junk.pem"), []byte("not a certificate"), 0o600)
 	t.Setenv("BETWEEN_TEST_ETCD_DIR", dir)
 	for _, tt := range []struct {
@@ -297,209 +285,10 @@ func TestEtcdSkippedKeyLoggedOncePerRevision(t *testing.T) {
 
 // --- real etcd ---
 
-// etcdServer is an etcd process started by a test.
-type etcdServer struct {
-	t       *testing.T
-	dir     string   // data directory
-	args    []string // command line, reused by restart
-	url     string   // client URL
-	tls     *tls.Config
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	out     *bytes.Buffer
-	exited  chan struct{}
-	certDir string
-}
-
-// etcdTLS asks startEtcd for TLS: a CA, a server certificate for 127.0.0.1
-// and, with clientAuth, etcd requiring client certificates from that CA.
-type etcdTLS struct{ clientAuth bool }
-
-// startEtcd runs etcd on free loopback ports; it is stopped at the end of the
-// test. Without the etcd binary the test skips, or fails when CI=true.
-func startEtcd(t *testing.T, withTLS *etcdTLS) *etcdServer {
-	t.Helper()
-	bin, err := exec.LookPath("etcd")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("etcd not installed (Debian package etcd-server)")
-		}
-		t.Skip("etcd not installed (Debian package etcd-server); skipping")
-	}
-	s := &etcdServer{t: t, dir: t.TempDir()}
-	scheme := "http"
-	if withTLS != nil {
-		scheme = "https"
-		s.certDir = t.TempDir()
-		ca := newEtcdCA(t, "etcd test CA")
-		ca.writeCA(t, filepath.Join(s.certDir, "ca.pem"))
-		ca.issue(t, "127.0.0.1", false, filepath.Join(s.certDir, "server.pem"), filepath.Join(s.certDir, "server-key.pem"))
-		ca.issue(t, "client", true, filepath.Join(s.certDir, "client.pem"), filepath.Join(s.certDir, "client-key.pem"))
-		s.tls = &tls.Config{RootCAs: ca.pool}
-		cert, err := tls.LoadX509KeyPair(filepath.Join(s.certDir, "client.pem"), filepath.Join(s.certDir, "client-key.pem"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.tls.Certificates = []tls.Certificate{cert}
-	}
-	for attempt := 1; ; attempt++ {
-		client, peer := etcdFreePort(t), etcdFreePort(t)
-		s.url = fmt.Sprintf("%s://127.0.0.1:%d", scheme, client)
-		peerURL := fmt.Sprintf("http://127.0.0.1:%d", peer)
-		s.args = []string{bin, "--name", "t", "--data-dir", filepath.Join(s.dir, "data"),
-			"--listen-client-urls", s.url, "--advertise-client-urls", s.url,
-			"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-			"--initial-cluster", "t=" + peerURL, "--log-level", "warn", "--logger", "zap"}
-		if withTLS != nil {
-			s.args = append(s.args, "--cert-file", filepath.Join(s.certDir, "server.pem"),
-				"--key-file", filepath.Join(s.certDir, "server-key.pem"))
-			if withTLS.clientAuth {
-				s.args = append(s.args, "--client-cert-auth", "--trusted-ca-file", filepath.Join(s.certDir, "ca.pem"))
-			}
-		}
-		if err := s.start(); err == nil {
-			break
-		} else if attempt == 3 {
-			t.Fatalf("etcd did not start: %v\n%s", err, s.output())
-		}
-		os.RemoveAll(filepath.Join(s.dir, "data")) // a port was taken: new ports, new cluster
-	}
-	t.Cleanup(func() {
-		s.stop()
-		if t.Failed() {
-			t.Logf("etcd output:\n%s", s.output())
-		}
-	})
-	return s
-}
-
-func etcdFreePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// start runs the process and waits until it answers a read.
-func (s *etcdServer) start() error {
-	s.mu.Lock()
-	s.cmd = exec.Command(s.args[0], s.args[1:]...)
-	s.out = new(bytes.Buffer)
-	s.cmd.Stdout, s.cmd.Stderr = etcdLockedBuffer{&s.mu, s.out}, etcdLockedBuffer{&s.mu, s.out}
-	s.exited = make(chan struct{})
-	cmd, exited := s.cmd, s.exited
-	s.mu.Unlock()
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	go func() { cmd.Wait(); close(exited) }()
-	cli := s.client()
-	defer cli.Close()
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-		_, err := cli.Get(ctx, "ready")
-		cancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("etcd exited: %v", cmd.ProcessState)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	s.stop()
-	return fmt.Errorf("etcd at %s did not answer within 15s", s.url)
-}
-
-// stop ends the process (SIGTERM, then SIGKILL after 5 s) and waits for it.
-func (s *etcdServer) stop() {
-	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.mu.Unlock()
-	if cmd == nil || cmd.Process == nil {
-		return
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(5 * time.Second):
-		cmd.Process.Kill()
-		<-exited
-	}
-}
-
-func (s *etcdServer) output() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.out == nil {
-		return ""
-	}
-	return etcdTail(s.out.String(), 40)
-}
-
-func etcdTail(s string, n int) string {
-	l := strings.Split(s, "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
-}
-
-type etcdLockedBuffer struct {
-	mu  *sync.Mutex
-	buf *bytes.Buffer
-}
-
-func (w etcdLockedBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(p)
-}
-
-// client is a client for the test's own reads and writes (as root when
-// authentication is on, with the client certificate under TLS).
-func (s *etcdServer) client(auth ...string) *clientv3.Client {
-	cfg := clientv3.Config{Endpoints: []string{s.url}, DialTimeout: 5 * time.Second, TLS: s.tls, Logger: zap.NewNop()}
-	if len(auth) == 2 {
-		cfg.Username, cfg.Password = auth[0], auth[1]
-	}
-	cli, err := clientv3.New(cfg)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	return cli
-}
-
-// etcdPut and etcdDel change keys through cli with a deadline.
-func etcdPut(t *testing.T, cli *clientv3.Client, key, value string) int64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	resp, err := cli.Put(ctx, key, value)
-	if err != nil {
-		t.Fatalf("put %s: %v", key, err)
-	}
-	return resp.Header.Revision
-}
-
-func etcdDel(t *testing.T, cli *clientv3.Client, key string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := cli.Delete(ctx, key); err != nil {
-		t.Fatalf("delete %s: %v", key, err)
-	}
-}
-
 // newEtcdSource is a provisioned source for the server s.
-func newEtcdSource(t *testing.T, s *etcdServer, prefix string, f func(*Etcd)) *Etcd {
+func newEtcdSource(t *testing.T, s *testpeers.Etcd, prefix string, f func(*Etcd)) *Etcd {
 	t.Helper()
-	e := &Etcd{Endpoints: []string{s.url}, Prefix: prefix}
+	e := &Etcd{Endpoints: []string{s.URL}, Prefix: prefix}
 	if f != nil {
 		f(e)
 	}
@@ -514,42 +303,15 @@ func newEtcdSource(t *testing.T, s *etcdServer, prefix string, f func(*Etcd)) *E
 	return e
 }
 
-func etcdLines(l []backend.Backend) string {
-	var s []string
-	for _, b := range l {
-		s = append(s, b.String())
-	}
-	return strings.Join(s, "|")
-}
-
-// etcdWaitList reads updates until one equals want; it returns how long that took.
-func etcdWaitList(t *testing.T, updates <-chan []backend.Backend, want string, within time.Duration) time.Duration {
-	t.Helper()
-	start := time.Now()
-	deadline := time.After(within)
-	var last string
-	for {
-		select {
-		case l := <-updates:
-			last = etcdLines(l)
-			if last == want {
-				return time.Since(start)
-			}
-		case <-deadline:
-			t.Fatalf("no update %q within %v (last %q)", want, within, last)
-		}
-	}
-}
-
 func TestEtcd(t *testing.T) {
-	srv := startEtcd(t, nil)
-	cli := srv.client()
+	srv := testpeers.StartEtcd(t, nil)
+	cli := srv.Client()
 	defer cli.Close()
 
 	t.Run("fetch", func(t *testing.T) {
-		etcdPut(t, cli, "/fetch/127.0.0.1:3001", "")
-		etcdPut(t, cli, "/fetch/127.0.0.1:3002", "weight=2 sni=b")
-		etcdPut(t, cli, "/fetchx/127.0.0.1:3003", "") // beside the prefix, not under it
+		testpeers.EtcdPut(t, cli, "/fetch/127.0.0.1:3001", "")
+		testpeers.EtcdPut(t, cli, "/fetch/127.0.0.1:3002", "weight=2 sni=b")
+		testpeers.EtcdPut(t, cli, "/fetchx/127.0.0.1:3003", "") // beside the prefix, not under it
 		e := newEtcdSource(t, srv, "/fetch", nil)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -557,19 +319,19 @@ func TestEtcd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if etcdLines(got) != "127.0.0.1:3001|127.0.0.1:3002 weight=2 sni=b" {
-			t.Fatalf("Fetch = %q", etcdLines(got))
+		if asLines(got) != "127.0.0.1:3001 | 127.0.0.1:3002 weight=2 sni=b" {
+			t.Fatalf("Fetch = %q", asLines(got))
 		}
 	})
 
 	t.Run("watch follows puts, changes and deletes", func(t *testing.T) {
-		etcdPut(t, cli, "/watch/127.0.0.1:4001", "")
+		testpeers.EtcdPut(t, cli, "/watch/127.0.0.1:4001", "")
 		e := newEtcdSource(t, srv, "/watch/", nil)
 		ctx, cancel := context.WithCancel(context.Background())
 		rec := newRecord()
 		done := rec.run(t, ctx, e)
 		defer func() { cancel(); recv(t, done, 5*time.Second, "Run return") }()
-		etcdWaitList(t, rec.updates, "127.0.0.1:4001", 5*time.Second)
+		waitList(t, rec.updates, nil, "127.0.0.1:4001", 5*time.Second, "etcd")
 		var worst time.Duration
 		var leaseID clientv3.LeaseID
 		for _, step := range []struct {
@@ -578,12 +340,12 @@ func TestEtcd(t *testing.T) {
 			want  string
 			limit time.Duration
 		}{
-			{"add", func() { etcdPut(t, cli, "/watch/127.0.0.1:4002", "weight=3") }, "127.0.0.1:4001|127.0.0.1:4002 weight=3", time.Second},
-			{"change", func() { etcdPut(t, cli, "/watch/127.0.0.1:4001", "priority=2 max_connections=5") },
-				"127.0.0.1:4001 priority=2 max_connections=5|127.0.0.1:4002 weight=3", time.Second},
-			{"bad value: key skipped, rest stays", func() { etcdPut(t, cli, "/watch/127.0.0.1:4001", "weight=-1") }, "127.0.0.1:4002 weight=3", time.Second},
-			{"delete", func() { etcdDel(t, cli, "/watch/127.0.0.1:4002") }, "", time.Second},
-			{"add again", func() { etcdPut(t, cli, "/watch/[::1]:4003", "") }, "[::1]:4003", time.Second},
+			{"add", func() { testpeers.EtcdPut(t, cli, "/watch/127.0.0.1:4002", "weight=3") }, "127.0.0.1:4001 | 127.0.0.1:4002 weight=3", time.Second},
+			{"change", func() { testpeers.EtcdPut(t, cli, "/watch/127.0.0.1:4001", "priority=2 max_connections=5") },
+				"127.0.0.1:4001 priority=2 max_connections=5 | 127.0.0.1:4002 weight=3", time.Second},
+			{"bad value: key skipped, rest stays", func() { testpeers.EtcdPut(t, cli, "/watch/127.0.0.1:4001", "weight=-1") }, "127.0.0.1:4002 weight=3", time.Second},
+			{"delete", func() { testpeers.EtcdDel(t, cli, "/watch/127.0.0.1:4002") }, "", time.Second},
+			{"add again", func() { testpeers.EtcdPut(t, cli, "/watch/[::1]:4003", "") }, "[::1]:4003", time.Second},
 			{"key with a lease", func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				defer cancel()
@@ -595,7 +357,7 @@ func TestEtcd(t *testing.T) {
 				if _, err := cli.Put(ctx, "/watch/127.0.0.1:4004", "", clientv3.WithLease(lease.ID)); err != nil {
 					t.Fatal(err)
 				}
-			}, "127.0.0.1:4004|[::1]:4003", time.Second},
+			}, "127.0.0.1:4004 | [::1]:4003", time.Second},
 			{"lease revoked", func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				defer cancel()
@@ -606,7 +368,7 @@ func TestEtcd(t *testing.T) {
 		} {
 			start := time.Now()
 			step.do()
-			etcdWaitList(t, rec.updates, step.want, step.limit)
+			waitList(t, rec.updates, nil, step.want, step.limit, "etcd")
 			took := time.Since(start)
 			t.Logf("%s: list followed in %v", step.name, took)
 			worst = max(worst, took)
@@ -616,8 +378,8 @@ func TestEtcd(t *testing.T) {
 	})
 
 	t.Run("compacted history ends the watch", func(t *testing.T) {
-		first := etcdPut(t, cli, "/compact/127.0.0.1:5001", "")
-		last := etcdPut(t, cli, "/compact/127.0.0.1:5001", "weight=2")
+		first := testpeers.EtcdPut(t, cli, "/compact/127.0.0.1:5001", "")
+		last := testpeers.EtcdPut(t, cli, "/compact/127.0.0.1:5001", "weight=2")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if _, err := cli.Compact(ctx, last); err != nil {
@@ -649,13 +411,13 @@ func TestEtcd(t *testing.T) {
 				ctx, cancel := context.WithCancel(context.Background())
 				rec := newRecord()
 				done := rec.run(t, ctx, e)
-				etcdPut(t, cli, "/leak/127.0.0.1:6001", "")
-				etcdWaitList(t, rec.updates, "127.0.0.1:6001", 5*time.Second)
+				testpeers.EtcdPut(t, cli, "/leak/127.0.0.1:6001", "")
+				waitList(t, rec.updates, nil, "127.0.0.1:6001", 5*time.Second, "etcd")
 				if tt.cleanupFirst {
 					e.Cleanup()
-					etcdPut(t, cli, "/leak/127.0.0.1:6002", "")
-					etcdWaitList(t, rec.updates, "127.0.0.1:6001|127.0.0.1:6002", time.Second)
-					etcdDel(t, cli, "/leak/127.0.0.1:6002")
+					testpeers.EtcdPut(t, cli, "/leak/127.0.0.1:6002", "")
+					waitList(t, rec.updates, nil, "127.0.0.1:6001 | 127.0.0.1:6002", time.Second, "etcd")
+					testpeers.EtcdDel(t, cli, "/leak/127.0.0.1:6002")
 					nothing(t, rec.errs, 0, "watch error after Cleanup while the watch runs")
 				}
 				if runtime.NumGoroutine() <= base {
@@ -675,7 +437,7 @@ func TestEtcd(t *testing.T) {
 				if e.live.client != nil {
 					t.Fatal("client still set after Cleanup and the watch's end")
 				}
-				etcdDel(t, cli, "/leak/127.0.0.1:6001")
+				testpeers.EtcdDel(t, cli, "/leak/127.0.0.1:6001")
 			})
 		}
 	})
@@ -697,8 +459,8 @@ func etcdSettledGoroutines() int {
 }
 
 func TestEtcdAuth(t *testing.T) {
-	srv := startEtcd(t, nil)
-	cli := srv.client()
+	srv := testpeers.StartEtcd(t, nil)
+	cli := srv.Client()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, step := range []func() error{
@@ -719,9 +481,9 @@ func TestEtcdAuth(t *testing.T) {
 		}
 	}
 	cli.Close()
-	root := srv.client("root", "rootpw")
+	root := srv.Client("root", "rootpw")
 	defer root.Close()
-	etcdPut(t, root, "/auth/127.0.0.1:7001", "")
+	testpeers.EtcdPut(t, root, "/auth/127.0.0.1:7001", "")
 
 	t.Setenv("BETWEEN_TEST_ETCD_PASSWORD", "rootpw")
 	for _, tt := range []struct {
@@ -743,19 +505,15 @@ func TestEtcdAuth(t *testing.T) {
 			start := time.Now()
 			got, err := e.Fetch(ctx)
 			if tt.mention == nil {
-				if err != nil || etcdLines(got) != tt.want {
-					t.Fatalf("Fetch = %q, %v; want %q", etcdLines(got), err, tt.want)
+				if err != nil || asLines(got) != tt.want {
+					t.Fatalf("Fetch = %q, %v; want %q", asLines(got), err, tt.want)
 				}
 				return
 			}
 			if err == nil {
-				t.Fatalf("Fetch = %q, want an error", etcdLines(got))
+				t.Fatalf("Fetch = %q, want an error", asLines(got))
 			}
-			for _, m := range tt.mention {
-				if !strings.Contains(err.Error(), m) {
-					t.Errorf("error %q does not mention %q", err, m)
-				}
-			}
+			wantErrParts(t, err, tt.mention...)
 			if took := time.Since(start); took > 2*time.Second {
 				t.Errorf("the error took %v; a refused login should be reported at once", took)
 			}
@@ -765,17 +523,17 @@ func TestEtcdAuth(t *testing.T) {
 }
 
 func TestEtcdTLS(t *testing.T) {
-	srv := startEtcd(t, &etcdTLS{clientAuth: true})
-	admin := srv.client()
+	srv := testpeers.StartEtcd(t, &testpeers.EtcdTLS{ClientAuth: true})
+	admin := srv.Client()
 	defer admin.Close()
-	etcdPut(t, admin, "/tls/127.0.0.1:8001", "sni=a")
-	other := newEtcdCA(t, "someone else")
+	testpeers.EtcdPut(t, admin, "/tls/127.0.0.1:8001", "sni=a")
+	other := testpeers.NewCA(t, "someone else")
 	otherDir := t.TempDir()
-	other.writeCA(t, filepath.Join(otherDir, "ca.pem"))
-	other.issue(t, "intruder", true, filepath.Join(otherDir, "client.pem"), filepath.Join(otherDir, "client-key.pem"))
-	hostport := strings.TrimPrefix(srv.url, "https://")
-	d := srv.certDir
-	plain := startEtcd(t, nil)
+	other.WriteCA(t, filepath.Join(otherDir, "ca.pem"))
+	other.Issue(t, "intruder", true, filepath.Join(otherDir, "client.pem"), filepath.Join(otherDir, "client-key.pem"))
+	hostport := strings.TrimPrefix(srv.URL, "https://")
+	d := srv.CertDir
+	plain := testpeers.StartEtcd(t, nil)
 	for _, tt := range []struct {
 		name    string
 		f       func(*Etcd)
@@ -796,9 +554,9 @@ func TestEtcdTLS(t *testing.T) {
 			e.TLSCACertPath, e.TLSCertPath, e.TLSKeyPath = filepath.Join(otherDir, "ca.pem"), filepath.Join(d, "client.pem"), filepath.Join(d, "client-key.pem")
 		}, "certificate signed by unknown authority"},
 		{"TLS to a plain endpoint", func(e *Etcd) {
-			e.Endpoints = []string{plain.url}
+			e.Endpoints = []string{plain.URL}
 			e.TLSEnabled = true
-			e.Endpoints[0] = strings.TrimPrefix(plain.url, "http://")
+			e.Endpoints[0] = strings.TrimPrefix(plain.URL, "http://")
 		}, "TLS:"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -807,13 +565,13 @@ func TestEtcdTLS(t *testing.T) {
 			defer cancel()
 			got, err := e.Fetch(ctx)
 			if tt.mention == "" {
-				if err != nil || etcdLines(got) != "127.0.0.1:8001 sni=a" {
-					t.Fatalf("Fetch = %q, %v", etcdLines(got), err)
+				if err != nil || asLines(got) != "127.0.0.1:8001 sni=a" {
+					t.Fatalf("Fetch = %q, %v", asLines(got), err)
 				}
 				return
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.mention) {
-				t.Fatalf("Fetch = %q, %v; want an error mentioning %q", etcdLines(got), err, tt.mention)
+				t.Fatalf("Fetch = %q, %v; want an error mentioning %q", asLines(got), err, tt.mention)
 			}
 			t.Logf("error: %v", err)
 		})
@@ -823,23 +581,23 @@ func TestEtcdTLS(t *testing.T) {
 // etcd stops under a running watch: the watch reports an error, the list
 // stays (no update), and after etcd restarts changes arrive again.
 func TestEtcdOutage(t *testing.T) {
-	srv := startEtcd(t, nil)
-	cli := srv.client()
+	srv := testpeers.StartEtcd(t, nil)
+	cli := srv.Client()
 	defer cli.Close()
-	etcdPut(t, cli, "/out/127.0.0.1:9001", "")
+	testpeers.EtcdPut(t, cli, "/out/127.0.0.1:9001", "")
 	e := newEtcdSource(t, srv, "/out", func(e *Etcd) { e.Timeout = caddy.Duration(time.Second) })
 	ctx, cancel := context.WithCancel(context.Background())
 	rec := newRecord()
 	done := rec.run(t, ctx, e)
 	defer func() { cancel(); recv(t, done, 5*time.Second, "Run return") }()
-	etcdWaitList(t, rec.updates, "127.0.0.1:9001", 5*time.Second)
-	etcdPut(t, cli, "/out/127.0.0.1:9003", "") // arrives through the watch: it is up
-	etcdWaitList(t, rec.updates, "127.0.0.1:9001|127.0.0.1:9003", 5*time.Second)
-	etcdDel(t, cli, "/out/127.0.0.1:9003")
-	etcdWaitList(t, rec.updates, "127.0.0.1:9001", time.Second)
+	waitList(t, rec.updates, nil, "127.0.0.1:9001", 5*time.Second, "etcd")
+	testpeers.EtcdPut(t, cli, "/out/127.0.0.1:9003", "") // arrives through the watch: it is up
+	waitList(t, rec.updates, nil, "127.0.0.1:9001 | 127.0.0.1:9003", 5*time.Second, "etcd")
+	testpeers.EtcdDel(t, cli, "/out/127.0.0.1:9003")
+	waitList(t, rec.updates, nil, "127.0.0.1:9001", time.Second, "etcd")
 
 	stopped := time.Now()
-	srv.stop()
+	srv.Stop()
 	err := recv(t, rec.errs, 3*time.Second, "an error after etcd stopped")
 	t.Logf("etcd stopped; error after %v: %v", time.Since(stopped), err)
 	if !strings.Contains(err.Error(), "etcd") {
@@ -853,88 +611,15 @@ func TestEtcdOutage(t *testing.T) {
 	}
 	nothing(t, rec.updates, 0, "update while etcd is down")
 
-	if err := srv.start(); err != nil {
+	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	restarted := time.Now()
-	etcdPut(t, cli, "/out/127.0.0.1:9002", "")
-	took := etcdWaitList(t, rec.updates, "127.0.0.1:9001|127.0.0.1:9002", 10*time.Second)
+	testpeers.EtcdPut(t, cli, "/out/127.0.0.1:9002", "")
+	took := waitList(t, rec.updates, nil, "127.0.0.1:9001 | 127.0.0.1:9002", 10*time.Second, "etcd")
 	t.Logf("etcd restarted; change after the restart arrived %v after it (etcdPut done %v after the restart)", time.Since(restarted), time.Since(restarted)-took)
 	start := time.Now()
-	etcdDel(t, cli, "/out/127.0.0.1:9001")
-	etcdWaitList(t, rec.updates, "127.0.0.1:9002", time.Second)
+	testpeers.EtcdDel(t, cli, "/out/127.0.0.1:9001")
+	waitList(t, rec.updates, nil, "127.0.0.1:9002", time.Second, "etcd")
 	t.Logf("watching again: delete arrived in %v", time.Since(start))
-}
-
-// etcdCA issues certificates for tests.
-type etcdCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	der  []byte
-	pool *x509.CertPool
-}
-
-func newEtcdCA(t *testing.T, name string) *etcdCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &etcdCA{cert: cert, key: key, der: der, pool: pool}
-}
-
-func (ca *etcdCA) writeCA(t *testing.T, path string) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// issue writes a certificate and key signed by ca: a server certificate for
-// 127.0.0.1 and localhost, or a client certificate.
-func (ca *etcdCA) issue(t *testing.T, cn string, client bool, certPath, keyPath string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	if client {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	} else {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-		tmpl.DNSNames = []string{"localhost"}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
 }

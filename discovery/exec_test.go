@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-between/between/backend"
+	"github.com/caddy-between/between/internal/testpeers"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
@@ -107,19 +109,6 @@ func TestExecFetch(t *testing.T) {
 	})
 }
 
-// processGone reports whether pid has exited (a zombie that nobody reaped
-// yet counts as gone).
-func processGone(pid int) bool {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	// pid (comm) STATE ...: comm may contain spaces and parentheses
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && (s[i+2] == 'Z' || s[i+2] == 'X')
-}
-
 // TestExecKilledAtTimeout runs a script that starts a child and hangs: the
 // fetch fails at the timeout and neither the script nor its child is left.
 func TestExecKilledAtTimeout(t *testing.T) {
@@ -155,7 +144,7 @@ func TestExecKilledAtTimeout(t *testing.T) {
 		// should the kill have failed, stop what this test started
 		t.Cleanup(func() {
 			for _, pid := range pids {
-				if !processGone(pid) {
+				if !testpeers.ProcessGone(pid) {
 					syscall.Kill(pid, syscall.SIGKILL)
 				}
 			}
@@ -166,7 +155,7 @@ func TestExecKilledAtTimeout(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(3 * time.Second)
 		for _, pid := range pids {
-			for !processGone(pid) {
+			for !testpeers.ProcessGone(pid) {
 				if time.Now().After(deadline) {
 					t.Fatalf("process %d is still running after the fetch was killed", pid)
 				}
@@ -238,46 +227,20 @@ func TestExecKeepsLastGoodList(t *testing.T) {
 			r := rec.runner(src)
 			done := rec.start(ctx, r)
 			defer func() { cancel(); <-done }()
-			// drain updates until the wanted list comes
-			waitUpdate := func(want string) {
-				t.Helper()
-				deadline := time.After(5 * time.Second)
-				for {
-					select {
-					case l := <-rec.updates:
-						if asLines(l) == want {
-							return
-						}
-					case <-deadline:
-						t.Fatalf("no update %q within 5s", want)
-					}
-				}
-			}
-			waitUpdate("127.0.0.1:1 | 127.0.0.1:2")
+			waitList(t, rec.updates, nil, "127.0.0.1:1 | 127.0.0.1:2", 5*time.Second, "exec")
 			for _, bad := range []struct{ body, mention string }{
 				{"127.0.0.1:3\nhello world\n", `line 2 "hello world"`},
 				{"exit\n", "registry down"},
 			} {
 				set(bad.body)
-				deadline := time.After(5 * time.Second)
-			wait:
-				for {
-					select {
-					case err := <-rec.errs:
-						if strings.Contains(err.Error(), bad.mention) {
-							break wait
-						}
-					case l := <-rec.updates:
-						if policy == "keeplast" || l != nil {
-							t.Fatalf("update %q while the script fails (failpolicy %s)", asLines(l), policy)
-						}
-					case <-deadline:
-						t.Fatalf("no error mentioning %q within 5s", bad.mention)
+				rec.waitError(t, bad.mention, 5*time.Second, func(l []backend.Backend) {
+					if policy == "keeplast" || l != nil {
+						t.Fatalf("update %q while the script fails (failpolicy %s)", asLines(l), policy)
 					}
-				}
+				})
 			}
 			set("127.0.0.1:2\n")
-			waitUpdate("127.0.0.1:2")
+			waitList(t, rec.updates, nil, "127.0.0.1:2", 5*time.Second, "exec")
 			if c := r.Counts(); c.FetchesFailed < 2 || c.FetchesOK < 2 {
 				t.Errorf("Counts() = %+v, want at least 2 failed and 2 ok", c)
 			}

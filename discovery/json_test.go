@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-between/between/backend"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -221,23 +222,12 @@ func TestJSONKeepsLastGoodList(t *testing.T) {
 		{500, `oops`, "status 500"},
 	} {
 		ep.set(bad.status, bad.body)
-		deadline := time.After(5 * time.Second)
-	wait:
-		for {
-			select {
-			case err := <-rec.errs:
-				if strings.Contains(err.Error(), bad.mention) {
-					break wait
-				}
-			case l := <-rec.updates:
-				// a fetch that started before the change may still deliver the old list
-				if asLines(l) != "127.0.0.1:1 | 127.0.0.1:2" {
-					t.Fatalf("update %q while the endpoint is bad", asLines(l))
-				}
-			case <-deadline:
-				t.Fatalf("no error mentioning %q within 5s", bad.mention)
+		rec.waitError(t, bad.mention, 5*time.Second, func(l []backend.Backend) {
+			// a fetch that started before the change may still deliver the old list
+			if asLines(l) != "127.0.0.1:1 | 127.0.0.1:2" {
+				t.Fatalf("update %q while the endpoint is bad", asLines(l))
 			}
-		}
+		})
 	}
 	ep.set(200, `[{"host":"127.0.0.1","port":2,"weight":3}]`)
 	deadline := time.After(5 * time.Second)

@@ -1,19 +1,13 @@
 package discovery
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"crypto/rand"
-	"debug/elf"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -23,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddy-between/between/backend"
+	"github.com/caddy-between/between/internal/testpeers"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
@@ -434,11 +429,7 @@ func TestLXDFetchErrors(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Fetch = %v, want an error", lxdLines(got))
 			}
-			for _, m := range tt.mention {
-				if !strings.Contains(err.Error(), m) {
-					t.Errorf("error %q does not mention %q", err, m)
-				}
-			}
+			wantErrParts(t, err, tt.mention...)
 		})
 	}
 	t.Run("no socket", func(t *testing.T) {
@@ -474,235 +465,12 @@ func TestLXDFetchErrors(t *testing.T) {
 
 // ---- the real LXD daemon ----
 
-// lxdDaemon is an LXD daemon that a test started in a directory of its own,
-// with a dir storage pool, no network and a busybox image "bb" imported
-// locally. Instances get names with a prefix unique to the daemon, so that
-// two daemons (this package's and e2e's) never share a cgroup name.
-type lxdDaemon struct {
-	dir    string // LXD_DIR
-	socket string
-	cmd    *exec.Cmd
-	exited chan struct{}
-	prefix string
-}
-
-// needLXD skips (locally) or fails (CI=true) when LXD cannot be run here.
-func needLXD(t *testing.T) {
-	t.Helper()
-	missing := ""
-	for _, bin := range []string{"lxd", "lxc"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			missing = bin + " is not installed"
-		}
-	}
-	if missing == "" {
-		if err := lxdStaticBusybox("/bin/busybox"); err != nil {
-			missing = err.Error()
-		}
-	}
-	if missing == "" && os.Geteuid() != 0 {
-		missing = "the LXD daemon needs root"
-	}
-	if missing == "" {
-		return
-	}
-	msg := missing + " (Debian packages lxd, lxd-client and busybox-static)"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
-// lxdStaticBusybox checks that path is a statically linked busybox, which runs
-// in a container without libraries.
-func lxdStaticBusybox(path string) error {
-	f, err := elf.Open(path)
-	if err != nil {
-		return fmt.Errorf("no busybox at %s: %v", path, err)
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("%s is not statically linked", path)
-		}
-	}
-	return nil
-}
-
-// The container's init: loopback up, optional addresses on eth0 from the
-// ADDR4/ADDR6 environment keys, an optional TCP server on port $LISTEN that
-// answers every connection with the instance's name, then wait for the
-// stop signal (SIGPWR from lxc stop).
-const lxdInit = `#!/bin/sh
-trap 'exit 0' PWR TERM
-ip link set lo up
-if [ -n "$ADDR4" ]; then ip link set eth0 up; ip addr add "$ADDR4" dev eth0; fi
-if [ -n "$ADDR6" ]; then ip link set eth0 up; ip addr add "$ADDR6" dev eth0; fi
-if [ -n "$LISTEN" ]; then nc -ll -p "$LISTEN" -e /bin/hello & fi
-while :; do sleep 1000 & wait $!; done
-`
-
-// lxdImage is a container image (metadata.yaml + rootfs) of a statically
-// linked busybox for this machine's architecture, as a tar archive.
-func lxdImage(busybox string) ([]byte, error) {
-	bin, err := os.ReadFile(busybox)
-	if err != nil {
-		return nil, err
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	now := time.Now()
-	add := func(h *tar.Header, body []byte) error {
-		h.ModTime = now
-		if h.Typeflag == tar.TypeReg {
-			h.Size = int64(len(body))
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return err
-		}
-		_, err := tw.Write(body)
-		return err
-	}
-	meta := fmt.Sprintf("architecture: %s\ncreation_date: %d\nproperties:\n  description: busybox for Between's tests\n  os: busybox\n", lxdMachineArch(), now.Unix())
-	files := []struct {
-		h    tar.Header
-		body []byte
-	}{
-		{tar.Header{Name: "metadata.yaml", Typeflag: tar.TypeReg, Mode: 0o644}, []byte(meta)},
-		{tar.Header{Name: "rootfs/bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755}, bin},
-		{tar.Header{Name: "rootfs/sbin/init", Typeflag: tar.TypeReg, Mode: 0o755}, []byte(lxdInit)},
-		{tar.Header{Name: "rootfs/bin/hello", Typeflag: tar.TypeReg, Mode: 0o755}, []byte("#!/bin/sh\nhostname\n")},
-	}
-	for _, d := range []string{"rootfs/", "rootfs/bin/", "rootfs/sbin/", "rootfs/etc/", "rootfs/dev/", "rootfs/proc/", "rootfs/sys/", "rootfs/tmp/", "rootfs/run/"} {
-		if err := add(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755}, nil); err != nil {
-			return nil, err
-		}
-	}
-	for _, f := range files {
-		if err := add(&f.h, f.body); err != nil {
-			return nil, err
-		}
-	}
-	for _, applet := range []string{"sh", "ip", "nc", "sleep", "hostname", "ps", "cat"} {
-		if err := add(&tar.Header{Name: "rootfs/bin/" + applet, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}, nil); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
-}
-
-func lxdMachineArch() string {
-	var u syscall.Utsname
-	if syscall.Uname(&u) != nil {
-		return "unknown"
-	}
-	var b []byte
-	for _, c := range u.Machine {
-		if c == 0 {
-			break
-		}
-		b = append(b, byte(c))
-	}
-	return string(b)
-}
-
-// startLXD starts an LXD daemon for t (and its subtests); it is shut down
-// with its instances when t ends.
-func startLXD(t *testing.T) *lxdDaemon {
-	t.Helper()
-	needLXD(t)
-	dir, err := os.MkdirTemp("", "between-lxd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	suffix := make([]byte, 3)
-	rand.Read(suffix)
-	d := &lxdDaemon{dir: dir, socket: filepath.Join(dir, "unix.socket"), exited: make(chan struct{}), prefix: "t" + hex.EncodeToString(suffix) + "-"}
-	if err := os.MkdirAll(filepath.Join(dir, "client-conf"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "daemon.out"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.cmd = exec.Command("lxd", "--group", "", "--logfile", filepath.Join(dir, "lxd.log"))
-	// The proxy variables keep the daemon from reaching out (it fetches
-	// instance types at start); everything it needs here is local.
-	d.cmd.Env = append(os.Environ(), "LXD_DIR="+dir, "https_proxy=http://127.0.0.1:9", "http_proxy=http://127.0.0.1:9",
-		"HTTPS_PROXY=http://127.0.0.1:9", "HTTP_PROXY=http://127.0.0.1:9")
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	// SIGPWR makes LXD stop its instances and exit, should the test binary die.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGPWR}
-	start := time.Now()
-	if err := d.cmd.Start(); err != nil {
-		logf.Close()
-		os.RemoveAll(dir)
-		t.Fatal(err)
-	}
-	go func() {
-		d.cmd.Wait()
-		logf.Close()
-		close(d.exited)
-	}()
-	t.Cleanup(func() { d.cleanup(t) })
-	d.run(t, nil, "lxd", "waitready", "--timeout", "30")
-	d.run(t, strings.NewReader(`config:
-  images.auto_update_interval: "0"
-storage_pools:
-- name: default
-  driver: dir
-profiles:
-- name: default
-  devices:
-    root:
-      path: /
-      pool: default
-      type: disk
-`), "lxd", "init", "--preseed")
-	img, err := lxdImage("/bin/busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	imgPath := filepath.Join(dir, "bb.tar")
-	if err := os.WriteFile(imgPath, img, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d.lxc(t, "image", "import", imgPath, "--alias", "bb")
-	t.Logf("LXD %s ready in %v (dir %s)", strings.TrimSpace(d.run(t, nil, "lxd", "--version")), time.Since(start).Round(time.Millisecond), dir)
-	return d
-}
-
-// run runs an LXD command against the daemon with a deadline.
-func (d *lxdDaemon) run(t testing.TB, stdin *strings.Reader, name string, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), "LXD_DIR="+d.dir, "LXD_CONF="+filepath.Join(d.dir, "client-conf"))
-	if stdin != nil {
-		cmd.Stdin = stdin
-	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-func (d *lxdDaemon) lxc(t testing.TB, args ...string) string {
-	t.Helper()
-	return d.run(t, nil, "lxc", args...)
-}
-
-// create makes a stopped instance (name gets the daemon's prefix) with the
+// lxdCreate makes a stopped instance (name gets the daemon's prefix) with the
 // config keys given and, when addr4 or addr6 is set, an eth0 (a veth pair
 // without a host address) that the init gives those addresses.
-func (d *lxdDaemon) create(t testing.TB, name string, config map[string]string, addr4, addr6 string) string {
+func lxdCreate(t testing.TB, d *testpeers.LXD, name string, config map[string]string, addr4, addr6 string) string {
 	t.Helper()
-	full := d.prefix + name
+	full := d.Prefix + name
 	args := []string{"init", "bb", full}
 	for k, v := range config {
 		args = append(args, "-c", k+"="+v)
@@ -713,59 +481,11 @@ func (d *lxdDaemon) create(t testing.TB, name string, config map[string]string, 
 	if addr6 != "" {
 		args = append(args, "-c", "environment.ADDR6="+addr6)
 	}
-	d.lxc(t, args...)
+	d.Lxc(t, args...)
 	if addr4 != "" || addr6 != "" {
-		d.lxc(t, "config", "device", "add", full, "eth0", "nic", "nictype=p2p", "name=eth0")
+		d.Lxc(t, "config", "device", "add", full, "eth0", "nic", "nictype=p2p", "name=eth0")
 	}
 	return full
-}
-
-// cleanup shuts the daemon down with its instances, then removes its files.
-func (d *lxdDaemon) cleanup(t testing.TB) {
-	select {
-	case <-d.exited:
-	default:
-		d.cmd.Process.Signal(syscall.SIGCONT) // in case a test left it stopped
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		cmd := exec.CommandContext(ctx, "lxd", "shutdown")
-		cmd.Env = append(os.Environ(), "LXD_DIR="+d.dir)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Logf("lxd shutdown: %v %s", err, out)
-		}
-		cancel()
-		select {
-		case <-d.exited:
-		case <-time.After(30 * time.Second):
-			t.Logf("LXD (pid %d) did not exit after shutdown; killing it", d.cmd.Process.Pid)
-			d.cmd.Process.Kill()
-			<-d.exited
-		}
-	}
-	if t.Failed() {
-		if log, err := os.ReadFile(filepath.Join(d.dir, "lxd.log")); err == nil {
-			t.Logf("LXD log:\n%s", log)
-		}
-	}
-	lxdUnmountUnder(d.dir)
-	if err := os.RemoveAll(d.dir); err != nil {
-		t.Logf("removing %s: %v", d.dir, err)
-	}
-}
-
-// lxdUnmountUnder detaches what LXD left mounted under dir (nothing after a
-// clean shutdown).
-func lxdUnmountUnder(dir string) {
-	data, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		return
-	}
-	ls := strings.Split(string(data), "\n")
-	for i := len(ls) - 1; i >= 0; i-- {
-		f := strings.Fields(ls[i])
-		if len(f) > 1 && strings.HasPrefix(f[1], dir+"/") {
-			syscall.Unmount(f[1], syscall.MNT_DETACH)
-		}
-	}
 }
 
 // lxdFollower runs a Runner over a source and keeps its latest list.
@@ -832,13 +552,13 @@ func (f *lxdFollower) waitList(t *testing.T, within time.Duration, want string) 
 // (generated, trusted with a password or a token, server certificate pinned),
 // and a stopped daemon is an error that leaves the last list in place.
 func TestLXDReal(t *testing.T) {
-	d := startLXD(t)
+	d := testpeers.StartLXD(t, "t")
 	t.Run("follows instances", func(t *testing.T) {
-		web1 := d.create(t, "web1", map[string]string{"user.between.pool": "web", "user.between.port": "8081"}, "192.0.2.11/24", "")
-		web2 := d.create(t, "web2", map[string]string{"user.between.pool": "web", "user.between.port": "8082"}, "192.0.2.12/24", "")
-		other := d.create(t, "other", map[string]string{"user.between.port": "8083"}, "192.0.2.13/24", "")
-		d.lxc(t, "start", web1, other)
-		l := &LXD{Common: Common{Interval: caddy.Duration(time.Second)}, ServerAddress: "unix://" + d.socket,
+		web1 := lxdCreate(t, d, "web1", map[string]string{"user.between.pool": "web", "user.between.port": "8081"}, "192.0.2.11/24", "")
+		web2 := lxdCreate(t, d, "web2", map[string]string{"user.between.pool": "web", "user.between.port": "8082"}, "192.0.2.12/24", "")
+		other := lxdCreate(t, d, "other", map[string]string{"user.between.port": "8083"}, "192.0.2.13/24", "")
+		d.Lxc(t, "start", web1, other)
+		l := &LXD{Common: Common{Interval: caddy.Duration(time.Second)}, ServerAddress: "unix://" + d.Socket,
 			ContainerLabelKey: "user.between.pool", ContainerLabelValue: "web", ContainerPortKey: "user.between.port"}
 		lxdObserved(t, l)
 		f := lxdFollow(t, l)
@@ -858,7 +578,7 @@ func TestLXDReal(t *testing.T) {
 			{"web1 stopped", []string{"stop", web1}, ""},
 		} {
 			start := time.Now()
-			d.lxc(t, step.change...)
+			d.Lxc(t, step.change...)
 			ran := time.Since(start)
 			f.waitList(t, 5*time.Second, step.want)
 			t.Logf("%-28s: lxc took %v, the list followed %v after it began", step.what, ran.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
@@ -866,22 +586,22 @@ func TestLXDReal(t *testing.T) {
 		if _, _, errs := f.current(); len(errs) > 0 {
 			t.Errorf("fetch errors: %v", errs)
 		}
-		d.lxc(t, "stop", other)
+		d.Lxc(t, "stop", other)
 	})
 
 	t.Run("address keys on real instances", func(t *testing.T) {
-		v6 := d.create(t, "v6", map[string]string{"user.between.pool": "keys", "user.between.port": "8443", "user.between.sni": "v6.example"}, "192.0.2.21/24", "2001:db8::21/64")
-		lo := d.create(t, "lo", map[string]string{"user.between.pool": "keys", "user.between.port": "8080", "user.between.iface": "lo"}, "", "")
-		nonet := d.create(t, "nonet", map[string]string{"user.between.pool": "keys", "user.between.port": "8081"}, "", "")
-		d.lxc(t, "start", v6, lo, nonet)
-		defer d.lxc(t, "stop", v6, lo, nonet)
+		v6 := lxdCreate(t, d, "v6", map[string]string{"user.between.pool": "keys", "user.between.port": "8443", "user.between.sni": "v6.example"}, "192.0.2.21/24", "2001:db8::21/64")
+		lo := lxdCreate(t, d, "lo", map[string]string{"user.between.pool": "keys", "user.between.port": "8080", "user.between.iface": "lo"}, "", "")
+		nonet := lxdCreate(t, d, "nonet", map[string]string{"user.between.pool": "keys", "user.between.port": "8081"}, "", "")
+		d.Lxc(t, "start", v6, lo, nonet)
+		defer d.Lxc(t, "stop", v6, lo, nonet)
 		for _, tt := range []struct {
 			typ, want string
 		}{
 			{"IPv4", "127.0.0.1:8080, 192.0.2.21:8443 sni=v6.example"},
 			{"IPv6", "[::1]:8080, [2001:db8::21]:8443 sni=v6.example"},
 		} {
-			l := &LXD{ServerAddress: "unix://" + d.socket, ContainerLabelKey: "user.between.pool", ContainerLabelValue: "keys",
+			l := &LXD{ServerAddress: "unix://" + d.Socket, ContainerLabelKey: "user.between.pool", ContainerLabelValue: "keys",
 				ContainerPortKey: "user.between.port", ContainerInterfaceKey: "user.between.iface", ContainerSNIKey: "user.between.sni",
 				ContainerAddressType: tt.typ}
 			logs := lxdObserved(t, l)
@@ -906,13 +626,13 @@ func TestLXDReal(t *testing.T) {
 	})
 
 	t.Run("https with a client certificate", func(t *testing.T) {
-		port := lxdFreePort(t)
-		d.lxc(t, "config", "set", "core.https_address", fmt.Sprintf("127.0.0.1:%d", port))
-		d.lxc(t, "config", "set", "core.trust_password", "tr-pass")
-		web := d.create(t, "tls", map[string]string{"user.between.pool": "tls", "user.between.port": "8443", "user.between.iface": "lo"}, "", "")
-		d.lxc(t, "start", web)
-		defer d.lxc(t, "stop", web)
-		tokenOut := strings.Fields(d.lxc(t, "config", "trust", "add", "--name", "between-token"))
+		port := testpeers.FreePort(t)
+		d.Lxc(t, "config", "set", "core.https_address", fmt.Sprintf("127.0.0.1:%d", port))
+		d.Lxc(t, "config", "set", "core.trust_password", "tr-pass")
+		web := lxdCreate(t, d, "tls", map[string]string{"user.between.pool": "tls", "user.between.port": "8443", "user.between.iface": "lo"}, "", "")
+		d.Lxc(t, "start", web)
+		defer d.Lxc(t, "stop", web)
+		tokenOut := strings.Fields(d.Lxc(t, "config", "trust", "add", "--name", "between-token"))
 		token := tokenOut[len(tokenOut)-1]
 		address := fmt.Sprintf("https://127.0.0.1:%d", port)
 		first := t.TempDir()
@@ -973,11 +693,7 @@ func TestLXDReal(t *testing.T) {
 						t.Fatalf("Fetch = %q, want an error", lxdLines(got))
 					}
 					t.Logf("error: %v", err)
-					for _, m := range tt.mention {
-						if !strings.Contains(err.Error(), m) {
-							t.Errorf("error %q does not mention %q", err, m)
-						}
-					}
+					wantErrParts(t, err, tt.mention...)
 					return
 				}
 				if err != nil {
@@ -1000,10 +716,10 @@ func TestLXDReal(t *testing.T) {
 
 	// Last: the daemon goes away for good.
 	t.Run("daemon stopped keeps the last list", func(t *testing.T) {
-		web := d.create(t, "last", map[string]string{"user.between.pool": "last", "user.between.port": "8080", "user.between.iface": "lo"}, "", "")
-		d.lxc(t, "start", web)
+		web := lxdCreate(t, d, "last", map[string]string{"user.between.pool": "last", "user.between.port": "8080", "user.between.iface": "lo"}, "", "")
+		d.Lxc(t, "start", web)
 		l := &LXD{Common: Common{Interval: caddy.Duration(time.Second), Timeout: caddy.Duration(500 * time.Millisecond)},
-			ServerAddress: "unix://" + d.socket, ContainerLabelKey: "user.between.pool", ContainerLabelValue: "last",
+			ServerAddress: "unix://" + d.Socket, ContainerLabelKey: "user.between.pool", ContainerLabelValue: "last",
 			ContainerPortKey: "user.between.port", ContainerInterfaceKey: "user.between.iface"}
 		lxdObserved(t, l)
 		f := lxdFollow(t, l)
@@ -1013,20 +729,20 @@ func TestLXDReal(t *testing.T) {
 			return errs[n:]
 		}
 		// A daemon that does not answer: each fetch times out.
-		d.cmd.Process.Signal(syscall.SIGSTOP)
+		d.Signal(syscall.SIGSTOP)
 		_, lists, errs := f.current()
 		lxdWaitUntil(t, 5*time.Second, "a timed-out fetch", func() bool { return len(errsSince(len(errs))) > 0 })
 		t.Logf("unanswered daemon: %v", errsSince(len(errs))[0])
-		d.cmd.Process.Signal(syscall.SIGCONT)
+		d.Signal(syscall.SIGCONT)
 		if got, n, _ := f.current(); got != "127.0.0.1:8080" || n != lists {
 			t.Fatalf("while the daemon hung: list %q after %d updates, want the last one kept without updates", got, n-lists)
 		}
 		// The daemon shut down: each fetch fails to connect.
 		_, lists, errs = f.current()
-		d.run(t, nil, "lxd", "shutdown")
+		d.Run(t, nil, "lxd", "shutdown")
 		lxdWaitUntil(t, 10*time.Second, "a failed fetch", func() bool {
 			for _, err := range errsSince(len(errs)) {
-				if strings.Contains(err.Error(), d.socket) {
+				if strings.Contains(err.Error(), d.Socket) {
 					return true
 				}
 			}
@@ -1053,14 +769,4 @@ func lxdWaitUntil(t *testing.T, within time.Duration, what string, cond func() b
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("timed out after %v waiting for %s", within, what)
-}
-
-func lxdFreePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }

@@ -114,23 +114,9 @@ func TestPlaintextKeepsLastGoodList(t *testing.T) {
 	r := rec.runner(src)
 	done := rec.start(ctx, r)
 	defer func() { cancel(); <-done }()
-	next := func(want string) {
-		t.Helper()
-		deadline := time.After(5 * time.Second)
-		for {
-			select {
-			case l := <-rec.updates:
-				if asLines(l) == want {
-					return
-				}
-			case <-deadline:
-				t.Fatalf("no list %q within 5s", want)
-			}
-		}
-	}
-	next("127.0.0.1:1 | 127.0.0.1:2")
+	waitList(t, rec.updates, nil, "127.0.0.1:1 | 127.0.0.1:2", 5*time.Second, "plaintext")
 	ep.set(200, "127.0.0.1:2\n127.0.0.1:3 weight=2\n")
-	next("127.0.0.1:2 | 127.0.0.1:3 weight=2")
+	waitList(t, rec.updates, nil, "127.0.0.1:2 | 127.0.0.1:3 weight=2", 5*time.Second, "plaintext")
 	ep.set(200, "127.0.0.1:2\nerror: database locked\n")
 	err := recv(t, rec.errs, 5*time.Second, "the error")
 	wantErrParts(t, err, "line 2", "error: database locked")
@@ -142,7 +128,7 @@ func TestPlaintextKeepsLastGoodList(t *testing.T) {
 		}
 	}
 	ep.set(200, "")
-	next("")
+	waitList(t, rec.updates, nil, "", 5*time.Second, "plaintext")
 }
 
 func TestPlaintextProvision(t *testing.T) {

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-between/between/backend"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/miekg/dns"
@@ -173,14 +172,6 @@ func newSRV(t *testing.T, server, proto string) (*SRV, *observer.ObservedLogs) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	s.logger = zap.New(core)
 	return s, logs
-}
-
-func srvLines(l []backend.Backend) []string {
-	out := make([]string, len(l))
-	for i := range l {
-		out[i] = l[i].String()
-	}
-	return out
 }
 
 func TestSRVFetch(t *testing.T) {
@@ -355,7 +346,7 @@ func TestSRVFetch(t *testing.T) {
 			}
 			if tt.wantErr != nil {
 				if err == nil {
-					t.Fatalf("Fetch = %q, want an error", srvLines(got))
+					t.Fatalf("Fetch = %q, want an error", backendLines(got))
 				}
 				for _, m := range tt.wantErr {
 					if !strings.Contains(err.Error(), m) {
@@ -366,8 +357,8 @@ func TestSRVFetch(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got == nil || strings.Join(srvLines(got), "|") != strings.Join(tt.want, "|") {
-					t.Fatalf("Fetch =\n%q\nwant\n%q", srvLines(got), tt.want)
+				if got == nil || strings.Join(backendLines(got), "|") != strings.Join(tt.want, "|") {
+					t.Fatalf("Fetch =\n%q\nwant\n%q", backendLines(got), tt.want)
 				}
 				for _, b := range got {
 					if b.Host == "" || b.Port == "0" {
@@ -520,7 +511,7 @@ func TestSRVWithRunner(t *testing.T) {
 	}
 	for _, st := range steps {
 		f.set(st.records, hosts)
-		srvWaitList(t, rec.updates, st.want, 2*time.Second, st.what)
+		waitList(t, rec.updates, nil, strings.Join(st.want, " | "), 2*time.Second, st.what)
 	}
 
 	// The server fails: errors are reported, no update replaces the list.
@@ -545,25 +536,7 @@ func TestSRVWithRunner(t *testing.T) {
 	nothing(t, rec.updates, 300*time.Millisecond, "update while the server fails")
 	// and recovers
 	f.with(func(f *fakeDNS) { f.srvRcode = dns.RcodeSuccess })
-	srvWaitList(t, rec.updates, steps[len(steps)-1].want, 2*time.Second, "recovered")
-}
-
-// srvWaitList waits for an update equal to want (backend lines in order).
-func srvWaitList(t *testing.T, updates <-chan []backend.Backend, want []string, within time.Duration, what string) {
-	t.Helper()
-	deadline := time.After(within)
-	var last []string
-	for {
-		select {
-		case l := <-updates:
-			last = srvLines(l)
-			if strings.Join(last, "|") == strings.Join(want, "|") {
-				return
-			}
-		case <-deadline:
-			t.Fatalf("%s: no update with %q within %s; last %q", what, want, within, last)
-		}
-	}
+	waitList(t, rec.updates, nil, strings.Join(steps[len(steps)-1].want, " | "), 2*time.Second, "recovered")
 }
 
 func TestSRVValidate(t *testing.T) {

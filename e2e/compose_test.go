@@ -33,32 +33,6 @@ import (
 	"time"
 )
 
-// cmpTool returns the path of an external program the test needs. Without
-// it the test skips locally and fails in CI (CI=true), where the install
-// script must provide it.
-func cmpTool(t testing.TB, name, debianPackage string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/local/sbin"} {
-		if p := filepath.Join(dir, name); cmpIsExecutable(p) {
-			return p
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found (Debian package %s): CI must install it", name, debianPackage)
-	}
-	t.Skipf("%s not found (Debian package %s); skipping", name, debianPackage)
-	return ""
-}
-
-func cmpIsExecutable(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
-}
-
 // cmpHandler is a between handler with a static backend list plus extra fields.
 func cmpHandler(name string, extra map[string]any, backends ...string) map[string]any {
 	h := map[string]any{
@@ -545,7 +519,7 @@ func cmpBannerBackend(t testing.TB, banner string) *backendServer {
 // certificate from Caddy's tls app, then between proxies the plaintext to a
 // plain backend. Checked with the real openssl s_client and Go's TLS client.
 func TestComposeTLSHandler(t *testing.T) {
-	openssl := cmpTool(t, "openssl", "openssl")
+	openssl := needTool(t, "openssl", "openssl")
 	cert := cmpNewCert(t, "secure.test")
 	certFile, keyFile := cert.files(t)
 	be := cmpBannerBackend(t, "hello from the plain backend")

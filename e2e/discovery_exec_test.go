@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-between/between/internal/testpeers"
 )
 
 // TestDiscoveryExec: the exec source runs a shell script that prints the
@@ -18,7 +20,7 @@ import (
 // runs: garbage output, a non-zero exit, and a hang that is killed at the
 // timeout with its child (checked in /proc).
 func TestDiscoveryExec(t *testing.T) {
-	sh := cmpTool(t, "sh", "dash")
+	sh := needTool(t, "sh", "dash")
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
 	childPID := filepath.Join(dir, "child.pid")
@@ -88,24 +90,11 @@ cat "` + state + `"
 	}
 	// should the kill have failed, stop the sleep this test started
 	t.Cleanup(func() {
-		if !discProcessGone(pid) {
+		if !testpeers.ProcessGone(pid) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
 	waitFor(t, 3*time.Second, fmt.Sprintf("the hanging script's child %d to be killed", pid), func() bool {
-		return discProcessGone(pid)
+		return testpeers.ProcessGone(pid)
 	})
-}
-
-// discProcessGone reports whether pid has exited (an unreaped zombie counts
-// as gone).
-func discProcessGone(pid int) bool {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	// "pid (comm) STATE ...": comm may contain spaces and parentheses
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && (s[i+2] == 'Z' || s[i+2] == 'X')
 }

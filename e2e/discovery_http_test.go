@@ -126,22 +126,8 @@ func discContains(list []string, s string) bool {
 // stats, sorted and joined by commas.
 func discListed(t *testing.T, inst *instance, server string, names map[string]string) string {
 	t.Helper()
-	resp, err := http.Get("http://" + inst.admin + "/between/servers/" + server + "/stats")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var s struct {
-		Backends []struct {
-			Host string `json:"host"`
-			Port string `json:"port"`
-		} `json:"backends"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for _, b := range s.Backends {
+	for _, b := range statsBackends(t, inst, server) {
 		n, ok := names[b.Host+":"+b.Port]
 		if !ok {
 			n = b.Host + ":" + b.Port

@@ -147,7 +147,7 @@ const rpPropagation = 2 * time.Second
 // its running discovery across a reload that leaves the discovery config
 // unchanged, and starts a new one (stopping the old) when it changes.
 func TestReverseProxyBetweenExec(t *testing.T) {
-	requireModule(t, "between.discovery.exec")
+	needModule(t, "between.discovery.exec")
 	a, b, c := newRPBackend(t, "A"), newRPBackend(t, "B"), newRPBackend(t, "C")
 	list := filepath.Join(t.TempDir(), "backends")
 	rpWriteList(t, list, a.addr)
@@ -258,7 +258,7 @@ func TestReverseProxyBetweenExec(t *testing.T) {
 // reverse_proxy uses `dynamic between static` reaches every backend of the
 // lowest priority group and no other.
 func TestReverseProxyBetweenCaddyfile(t *testing.T) {
-	requireModule(t, "http.reverse_proxy.upstreams.between")
+	needModule(t, "http.reverse_proxy.upstreams.between")
 	dir := t.TempDir()
 
 	// caddy adapt
@@ -326,7 +326,7 @@ http://%s {
 // answers 503 at once (after the first fetch, not after a timeout) and logs
 // the source's error.
 func TestReverseProxyBetweenNoList(t *testing.T) {
-	requireModule(t, "between.discovery.exec")
+	needModule(t, "between.discovery.exec")
 	disc := map[string]any{"kind": "exec", "exec_command": []string{"sh", "-c", "echo registry unreachable >&2; exit 3"}, "interval": "1s"}
 	listen := freeAddr(t)
 	inst := startCaddy(t, rpApps(listen, disc, 0))

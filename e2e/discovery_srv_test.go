@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"os/exec"
 	"sort"
 	"strings"
@@ -42,7 +40,7 @@ type dnsmasqServer struct {
 
 func startDnsmasq(t *testing.T, zone []srvTarget) *dnsmasqServer {
 	t.Helper()
-	d := &dnsmasqServer{t: t, bin: cmpTool(t, "dnsmasq", "dnsmasq")}
+	d := &dnsmasqServer{t: t, bin: needTool(t, "dnsmasq", "dnsmasq")}
 	t.Cleanup(d.stop)
 	var err error
 	for range 5 { // a port taken between the probe and dnsmasq's bind: try another
@@ -170,25 +168,8 @@ func srvCount(addr string) (int, error) {
 // the admin API's stats report them.
 func srvBackendAttrs(t *testing.T, c *instance, server string) map[string]string {
 	t.Helper()
-	resp, err := http.Get("http://" + c.admin + "/between/servers/" + server + "/stats")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var s struct {
-		Backends []struct {
-			Host     string `json:"host"`
-			Port     string `json:"port"`
-			Weight   int    `json:"weight"`
-			Priority int    `json:"priority"`
-			SNI      string `json:"sni"`
-		} `json:"backends"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]string{}
-	for _, b := range s.Backends {
+	for _, b := range statsBackends(t, c, server) {
 		out[net.JoinHostPort(b.Host, b.Port)] = fmt.Sprintf("weight=%d priority=%d sni=%s", b.Weight, b.Priority, b.SNI)
 	}
 	return out
@@ -299,7 +280,7 @@ func testDiscoverySRV(t *testing.T, proto string) {
 	stopped := time.Now()
 	dnsd.stop()
 	waitFor(t, 5*time.Second, "a logged srv discovery error", func() bool {
-		return srvErrorLogged(c.logs(), srvE2EPattern)
+		return strings.HasPrefix(loggedDiscoveryError(c.logs(), "", "srv: ", srvE2EPattern), "srv: ")
 	})
 	t.Logf("srv (%s): failure logged %s after dnsmasq stopped", proto, time.Since(stopped).Round(time.Millisecond))
 	// keep asking across several failed fetches (interval 1s)
@@ -312,23 +293,6 @@ func testDiscoverySRV(t *testing.T, proto string) {
 	if got := srvAttrsString(srvBackendAttrs(t, c, name)); got != a2+" weight=3 priority=5 sni=b2.example.test" {
 		t.Fatalf("backends with dnsmasq stopped: %s", got)
 	}
-}
-
-// srvErrorLogged reports whether caddy logged a discovery failure whose error
-// comes from the srv source and names the pattern.
-func srvErrorLogged(logs, pattern string) bool {
-	for _, line := range strings.Split(logs, "\n") {
-		var e map[string]any
-		if json.Unmarshal([]byte(line), &e) != nil {
-			continue
-		}
-		msg, _ := e["msg"].(string)
-		errText, _ := e["error"].(string)
-		if strings.HasPrefix(msg, "discovery failed") && strings.HasPrefix(errText, "srv: ") && strings.Contains(errText, pattern) {
-			return true
-		}
-	}
-	return false
 }
 
 // A Caddyfile with the srv source: the kind prefix is dropped from the fields.

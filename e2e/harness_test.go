@@ -20,6 +20,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-between/between/internal/testpeers"
 )
 
 // caddyBin is the binary under test, built once in TestMain.
@@ -404,4 +406,134 @@ func logTail() int {
 		return n
 	}
 	return 60
+}
+
+// needTool returns the path of an external program the test needs. Without
+// it the test skips locally and fails in CI (CI=true), where the install
+// script must provide it.
+func needTool(t testing.TB, name, debianPackage string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/local/sbin"} {
+		if p := filepath.Join(dir, name); isExecutable(p) {
+			return p
+		}
+	}
+	testpeers.Missing(t, fmt.Sprintf("%s not found (Debian package %s): CI must install it", name, debianPackage))
+	return ""
+}
+
+func isExecutable(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
+}
+
+// needModule skips (fails in CI) unless the binary under test has the module.
+func needModule(t *testing.T, id string) {
+	t.Helper()
+	out, err := exec.Command(caddyBin, "list-modules").Output()
+	if err != nil {
+		t.Fatalf("caddy list-modules: %v", err)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.TrimSpace(l) == id {
+			return
+		}
+	}
+	testpeers.Missing(t, "the binary has no module "+id)
+}
+
+// statsBackend is one backend of a server as the admin API's stats report it.
+type statsBackend struct {
+	Host     string `json:"host"`
+	Port     string `json:"port"`
+	Weight   int    `json:"weight"`
+	Priority int    `json:"priority"`
+	SNI      string `json:"sni"`
+	Stats    struct {
+		Discovered bool `json:"discovered"`
+	} `json:"stats"`
+}
+
+// statsBackends returns the backends that the admin API's stats of the named
+// layer4 server list.
+func statsBackends(t *testing.T, inst *instance, server string) []statsBackend {
+	t.Helper()
+	resp, err := http.Get("http://" + inst.admin + "/between/servers/" + server + "/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s struct {
+		Backends []statsBackend `json:"backends"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		t.Fatal(err)
+	}
+	return s.Backends
+}
+
+// loggedDiscoveryError returns the error of the first "discovery failed"
+// entry in caddy's logs whose error contains every one of parts and, unless
+// handler is "", whose handler is handler; "" if there is none.
+func loggedDiscoveryError(logs, handler string, parts ...string) string {
+	for _, line := range strings.Split(logs, "\n") {
+		var e map[string]any
+		if json.Unmarshal([]byte(line), &e) != nil {
+			continue
+		}
+		msg, _ := e["msg"].(string)
+		errText, _ := e["error"].(string)
+		if !strings.HasPrefix(msg, "discovery failed") || (handler != "" && e["handler"] != handler) {
+			continue
+		}
+		found := true
+		for _, p := range parts {
+			found = found && strings.Contains(errText, p)
+		}
+		if found {
+			return errText
+		}
+	}
+	return ""
+}
+
+// timedBackend is a TCP backend that answers its name and remembers when its
+// first connection (since reset) arrived.
+type timedBackend struct {
+	name, addr, port string
+	mu               sync.Mutex
+	firstAt          time.Time
+}
+
+func newTimedBackend(t *testing.T, name string) *timedBackend {
+	tb := &timedBackend{name: name}
+	b := newBackend(t, func(c net.Conn) {
+		tb.mu.Lock()
+		if tb.firstAt.IsZero() {
+			tb.firstAt = time.Now()
+		}
+		tb.mu.Unlock()
+		fmt.Fprintf(c, "%s\n", name)
+	})
+	tb.addr = b.addr
+	_, tb.port, _ = net.SplitHostPort(b.addr)
+	return tb
+}
+
+// reset forgets the first connection.
+func (tb *timedBackend) reset() {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	tb.firstAt = time.Time{}
+}
+
+// first returns when the first connection since reset arrived.
+func (tb *timedBackend) first() (time.Time, bool) {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return tb.firstAt, !tb.firstAt.IsZero()
 }

@@ -287,8 +287,8 @@ var nsSeq atomic.Int64
 // with the test.
 func nsLoadInNetns(t *testing.T, migrate int) nsLoadResult {
 	nsNeedRoot(t)
-	ip := cmpTool(t, "ip", "iproute2")
-	sysctl := cmpTool(t, "sysctl", "procps")
+	ip := needTool(t, "ip", "iproute2")
+	sysctl := needTool(t, "sysctl", "procps")
 	run := func(name string, args ...string) string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -61,7 +61,7 @@ func xcInstall(t *testing.T, goBin, path string) string {
 	}
 	dir := filepath.Join(cache, "between-xcaddy", xcaddyVersion)
 	bin := filepath.Join(dir, "xcaddy")
-	if cmpIsExecutable(bin) {
+	if isExecutable(bin) {
 		return bin
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -75,7 +75,7 @@ func xcInstall(t *testing.T, goBin, path string) string {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go install xcaddy@%s: %v\n%s", xcaddyVersion, err, out)
 	}
-	if !cmpIsExecutable(bin) {
+	if !isExecutable(bin) {
 		t.Fatalf("go install put no xcaddy in %s", dir)
 	}
 	return bin
@@ -118,7 +118,7 @@ func xcBuild(t *testing.T) string {
 }
 
 func TestXcaddyBuild(t *testing.T) {
-	curl := cmpTool(t, "curl", "curl")
+	curl := needTool(t, "curl", "curl")
 	bin := xcBuild(t)
 
 	t.Run("list-modules", func(t *testing.T) {
