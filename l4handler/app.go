@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
 )
@@ -28,11 +29,24 @@ func init() {
 // changed. It also knows where each handler lives (layer4 server, route,
 // listen addresses) and rejects one name used with two different configs.
 //
-// There is nothing to configure yet; it is loaded automatically.
+// It is loaded automatically by every between handler; configure it only to
+// set acme_hosts.
 type App struct {
+	// ACMEHosts are DNS names whose certificates the tls app obtains and
+	// renews (ACME by default) although no HTTP site uses them: a layer4
+	// route with caddy-l4's tls handler then serves them. They are handed
+	// to the tls app at Start, as Caddy's http app hands it its site names,
+	// so issuers, storage, renewal and challenges come from apps.tls
+	// (automation policies, or the Caddyfile's acme_ca, email, ...). Names
+	// must be DNS names, listed once; IP addresses and wildcards are
+	// refused (a wildcard needs the DNS challenge: list it in
+	// apps.tls.certificates.automate instead).
+	ACMEHosts []string `json:"acme_hosts,omitempty"`
+
 	ctx    caddy.Context
 	logger *zap.Logger
 	events *caddyevents.App
+	tlsApp *caddytls.TLS // loaded when ACMEHosts is set
 
 	mu       sync.Mutex
 	handlers []*Handler            // registered in provisioning order
@@ -69,10 +83,14 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision connects the app to the config's events app.
+// Provision connects the app to the config's events app, and to its tls
+// app when acme_hosts is set.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
+	if err := a.loadTLSApp(); err != nil {
+		return err
+	}
 	ev, err := ctx.App("events")
 	if err != nil {
 		return fmt.Errorf("loading the events app: %w", err)
@@ -249,8 +267,12 @@ func (a *App) locations(name string) []Location {
 
 // Start starts discovery, health checks and rate sampling of this config's
 // handlers (a state carried over from the previous config keeps running) and
-// makes them the ones the admin API reports.
+// makes them the ones the admin API reports; it hands acme_hosts to the tls
+// app.
 func (a *App) Start() error {
+	if err := a.manageACMEHosts(); err != nil {
+		return err
+	}
 	handlers, _ := a.unique()
 	for _, h := range handlers {
 		h.state.start()

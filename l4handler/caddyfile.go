@@ -35,6 +35,25 @@ import (
 //			hostname_matching_strategy exact|regexp
 //			unexpected_hostname_strategy default|reject|any
 //		}
+//		proxy_protocol 1|2
+//		proxy_protocol {
+//			version 1|2
+//		}
+//		accept_proxy_protocol {
+//			allow IP-OR-CIDR...
+//			timeout DURATION
+//		}
+//		backends_tls {
+//			ignore_verify
+//			root_ca_cert_path FILE
+//			cert_path FILE
+//			key_path FILE
+//			min_version 1.2|1.3
+//			max_version 1.2|1.3
+//			ciphers NAME...
+//			session_tickets on|off
+//			server_name NAME
+//		}
 //	}
 //
 // Each subdirective is the JSON field of the same name; inside discovery and
@@ -80,6 +99,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.PassiveHealth, err = parsePassive(d)
 		case "sni":
 			h.SNI, err = parseSNI(d)
+		case "proxy_protocol":
+			h.ProxyProtocol, err = parseProxyProtocol(d)
+		case "accept_proxy_protocol":
+			h.AcceptProxyProtocol, err = parseAcceptProxyProtocol(d)
+		case "backends_tls":
+			h.BackendsTLS, err = parseBackendsTLS(d)
 		default:
 			return d.Errf("between: unknown subdirective %q", dir)
 		}

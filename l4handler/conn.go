@@ -25,6 +25,20 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	client := clientPool.Get().(*balancers.Client)
 	defer releaseClient(client)
 	client.IP, client.Port = clientAddr(cx.RemoteAddr())
+	// accept_proxy_protocol: the balancer in front declares the client
+	var declared, declaredDst netip.AddrPort
+	if a := h.AcceptProxyProtocol; a != nil && a.trusts(client.IP) {
+		src, dst, err := a.read(cx)
+		if err != nil {
+			st.stats.AddRefused()
+			h.logger.Warn("client refused: reading its PROXY header", zap.Stringer("client", cx.RemoteAddr()), zap.Error(err))
+			return nil
+		}
+		if src.IsValid() {
+			declared, declaredDst = src, dst
+			client.IP, client.Port = src.Addr().Unmap(), src.Port()
+		}
+	}
 	if !h.Access.allowed(client.IP) {
 		st.stats.AddRefused()
 		if ce := h.logger.Check(zap.DebugLevel, "client denied by access rules"); ce != nil {
@@ -88,13 +102,26 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	defer b.Release()
 	st.stats.AddTotal()
 	b.Stats.AddTotal()
+	// The PROXY header goes first on the wire, in the same write as the
+	// matcher bytes; it is not client data, so tx does not count it.
+	hdr := 0
+	if h.proxyVer != 0 {
+		src, dst := declared, declaredDst
+		if !src.IsValid() {
+			src, dst = addrPort(cx.RemoteAddr()), addrPort(cx.LocalAddr())
+		}
+		prefix, hdr = withProxyHeader(prefix, h.proxyVer, src, dst)
+		*pb = prefix
+	}
 	if len(prefix) > 0 {
 		if _, err := up.Write(prefix); err != nil {
 			up.Close()
 			return nil
 		}
-		b.Stats.AddTx(int64(len(prefix)))
-		st.stats.AddTx(int64(len(prefix)))
+		if n := int64(len(prefix) - hdr); n > 0 {
+			b.Stats.AddTx(n)
+			st.stats.AddTx(n)
+		}
 	}
 	res := tcpproxy.Proxy(down, up, tcpproxy.Options{
 		ClientIdle:  time.Duration(h.ClientIdleTimeout),
@@ -170,6 +197,10 @@ func (h *Handler) connect(c *balancers.Client) (*backend.Backend, net.Conn, erro
 			continue
 		}
 		conn, err := h.dialer.DialContext(context.Background(), "tcp", b.Address())
+		if err == nil && h.BackendsTLS != nil {
+			// a failed handshake is a failed dial: counted, retried elsewhere
+			conn, err = h.BackendsTLS.handshake(conn, b)
+		}
 		if err == nil {
 			st.health.DialSucceeded(b.Address())
 			return b, conn, nil

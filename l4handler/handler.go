@@ -70,6 +70,18 @@ type Handler struct {
 	// SNI routing: filter backends by their sni attribute against the
 	// client's TLS server name.
 	SNI *SNIConfig `json:"sni,omitempty"`
+	// Send a PROXY protocol header (version "1" or "2") to the backend
+	// carrying the client's address and the address it connected to.
+	ProxyProtocol *ProxyProtocol `json:"proxy_protocol,omitempty"`
+	// Read a PROXY protocol header from the balancers in front (allow) and
+	// use the client address it declares, keeping kernel splice (caddy-l4's
+	// proxy_protocol handler does the same but wraps the connection).
+	AcceptProxyProtocol *AcceptProxyProtocol `json:"accept_proxy_protocol,omitempty"`
+	// TLS to the backends: after the dial, a TLS client handshake (within
+	// backend_connection_timeout, or 10s when that is 0) with verification,
+	// optional client certificate, versions, ciphers and session resumption.
+	// A failed handshake counts as a failed dial.
+	BackendsTLS *BackendsTLS `json:"backends_tls,omitempty"`
 
 	key      string // name + config hash: identity of this exact config in the state pool
 	hash     string // hex digest of the canonical config
@@ -84,6 +96,7 @@ type Handler struct {
 	logger   *zap.Logger
 	dialer   net.Dialer
 	sni      *balancers.SNIFilter
+	proxyVer int // PROXY header version to backends, 0 = none
 }
 
 // PassiveHealth marks a backend down after max_fails failed dials within
@@ -200,6 +213,23 @@ func (h *Handler) provision(ctx caddy.Context) error {
 	}
 	if err := h.provisionSNI(); err != nil {
 		return err
+	}
+	if h.ProxyProtocol != nil {
+		v, err := h.ProxyProtocol.provision()
+		if err != nil {
+			return err
+		}
+		h.proxyVer = v
+	}
+	if h.AcceptProxyProtocol != nil {
+		if err := h.AcceptProxyProtocol.provision(); err != nil {
+			return err
+		}
+	}
+	if h.BackendsTLS != nil {
+		if err := h.BackendsTLS.provision(time.Duration(h.BackendConnectionTimeout)); err != nil {
+			return err
+		}
 	}
 	if p := h.PassiveHealth; p != nil {
 		if p.MaxFails < 0 {

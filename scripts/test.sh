@@ -24,6 +24,9 @@ command -v dockerd >/dev/null || need+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v lxd >/dev/null || need+=(lxd)
 command -v lxc >/dev/null || need+=(lxd-client)
+# TLS and PROXY protocol peers
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v pebble >/dev/null || need+=(pebble)
 if [ ${#need[@]} -gt 0 ]; then
 	echo "== installing ${need[*]}"
 	if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
