@@ -176,9 +176,12 @@ loop:
 	res.Refused = map[string]int{}
 	for _, line := range strings.Split(logs, "\n") {
 		if strings.Contains(line, `"msg":"client refused"`) {
-			var entry struct{ Reason string }
+			var entry struct {
+				Reason string
+				Count  int // refusals the line stands for (refusal lines are rate-limited)
+			}
 			json.Unmarshal([]byte(line), &entry)
-			res.Refused[entry.Reason]++
+			res.Refused[entry.Reason] += max(entry.Count, 1)
 		}
 		if len(res.Warnings) < 10 && (strings.Contains(line, `"level":"warn"`) || strings.Contains(line, `"level":"error"`)) {
 			res.Warnings = append(res.Warnings, line)

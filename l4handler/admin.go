@@ -75,6 +75,11 @@ func (r *registry) all() []*Handler {
 //	GET /between/servers              every running between handler: name, where it
 //	                                  is configured, its config and live totals
 //	GET /between/servers/{name}/stats live statistics (gobetween's shape)
+//	GET /between/info                 versions, pid, start time, uptime
+//	GET /between/servers/{name}       one handler's entry of GET /between/servers
+//	GET|PUT /between/servers/{name}/backends/{host:port}/state
+//	                                  a backend's state: ready, drain or maint
+//	GET /between/status               live HTML status page
 //
 // Caddy loads it automatically with the admin endpoint.
 type AdminAPI struct{}
@@ -125,6 +130,7 @@ type BackendStats struct {
 	Weight         int           `json:"weight"`          // weight in its group
 	MaxConnections int           `json:"max_connections"` // 0 = unlimited
 	SNI            string        `json:"sni"`             // TLS server name it serves
+	State          BackendState  `json:"state"`           // ready, drain or maint (admin API)
 	Stats          BackendCounts `json:"stats"`           // live state and counters
 }
 
@@ -138,22 +144,26 @@ type BackendCounts struct {
 }
 
 func (AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	if r.Method != http.MethodGet {
-		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errMethod}
-	}
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/between/"), "/"), "/")
 	switch {
+	case len(parts) == 1 && parts[0] == "info":
+		return serveInfo(w, r)
+	case len(parts) == 1 && parts[0] == "status":
+		return serveStatus(w, r)
+	case len(parts) == 5 && parts[0] == "servers" && parts[2] == "backends" && parts[4] == "state":
+		return serveBackendState(w, r, parts[1], parts[3])
+	case !knownGetPath(parts):
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errNotFound}
+	case r.Method != http.MethodGet:
+		return methodNotAllowed(w, http.MethodGet)
 	case len(parts) == 1 && parts[0] == "servers":
 		list := []HandlerInfo{}
 		for _, h := range running.all() {
-			s := h.state.stats.Snapshot()
-			list = append(list, HandlerInfo{
-				Name: h.Name, Locations: h.app.locations(h.Name), Config: h.raw,
-				ActiveConnections: s.Active, TotalConnections: s.Total, RefusedConnections: s.Refused,
-				RxTotal: s.Rx, TxTotal: s.Tx,
-			})
+			list = append(list, handlerInfo(h))
 		}
 		return writeJSON(w, list)
+	case len(parts) == 2 && parts[0] == "servers":
+		return serveServer(w, r, parts[1])
 	case len(parts) == 3 && parts[0] == "servers" && parts[2] == "stats":
 		h, ok := running.get(parts[1])
 		if !ok {
@@ -164,6 +174,12 @@ func (AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errNotFound}
 }
 
+// knownGetPath reports whether parts (the path after /between/) is one of the
+// read-only endpoints: servers, servers/{name}, servers/{name}/stats.
+func knownGetPath(parts []string) bool {
+	return parts[0] == "servers" && (len(parts) <= 2 || len(parts) == 3 && parts[2] == "stats")
+}
+
 // snapshot collects the handler's statistics.
 func (st *state) snapshot() ServerStats {
 	s := st.stats.Snapshot()
@@ -172,6 +188,7 @@ func (st *state) snapshot() ServerStats {
 		RxTotal: s.Rx, TxTotal: s.Tx, RxSecond: s.RxSecond, TxSecond: s.TxSecond,
 		Backends: []BackendStats{},
 	}
+	states := backendStates.of(st.name)
 	st.mu.Lock()
 	backends := st.sortedLocked()
 	st.mu.Unlock()
@@ -179,7 +196,7 @@ func (st *state) snapshot() ServerStats {
 	for _, b := range backends {
 		out.Backends = append(out.Backends, BackendStats{
 			Host: b.Host, Port: b.Port, Priority: b.Priority, Weight: b.Weight,
-			MaxConnections: b.MaxConnections, SNI: b.SNI,
+			MaxConnections: b.MaxConnections, SNI: b.SNI, State: stateOr(states, b.Address()),
 			Stats: BackendCounts{Live: st.health.Healthy(b.Address()), Discovered: true, Snapshot: b.Stats.Snapshot()},
 		})
 	}

@@ -88,6 +88,11 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
+	// Each config has a registry of its own, served by the admin endpoint's
+	// /metrics; the collector reads the surviving states at scrape time.
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
 	if err := a.loadTLSApp(); err != nil {
 		return err
 	}

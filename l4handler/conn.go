@@ -31,7 +31,9 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		src, dst, err := a.read(cx)
 		if err != nil {
 			st.stats.AddRefused()
-			h.logger.Warn("client refused: reading its PROXY header", zap.Stringer("client", cx.RemoteAddr()), zap.Error(err))
+			if ce, n := st.refusals.check(h.logger, refusedProxyHeader); ce != nil {
+				ce.Write(zap.Stringer("client", cx.RemoteAddr()), zap.Error(err), zap.Int64("count", n))
+			}
 			return nil
 		}
 		if src.IsValid() {
@@ -41,17 +43,20 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	}
 	if !h.Access.allowed(client.IP) {
 		st.stats.AddRefused()
-		if ce := h.logger.Check(zap.DebugLevel, "client denied by access rules"); ce != nil {
-			ce.Write(zap.Stringer("client", cx.RemoteAddr()))
+		if ce, n := st.refusals.check(h.logger, refusedAccess); ce != nil {
+			ce.Write(zap.Stringer("client", cx.RemoteAddr()), zap.Int64("count", n))
 		}
 		return nil
 	}
 	if !st.stats.TryAddActive(int64(h.MaxConnections)) {
 		st.stats.AddRefused()
-		h.logger.Warn("client refused: handler at max_connections", zap.Stringer("client", cx.RemoteAddr()), zap.Int("max_connections", h.MaxConnections))
+		if ce, n := st.refusals.check(h.logger, refusedMaxConns); ce != nil {
+			ce.Write(zap.Stringer("client", cx.RemoteAddr()), zap.Int("max_connections", h.MaxConnections), zap.Int64("count", n))
+		}
 		return nil
 	}
 	defer st.stats.AddActive(-1)
+	start := time.Now()
 
 	// The socket the bytes are copied from: the raw *net.TCPConn on plain TCP
 	// (so that the kernel splices), else (after caddy-l4's tls or
@@ -96,7 +101,9 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	b, up, err := h.connect(client)
 	if err != nil {
 		st.stats.AddRefused()
-		h.logger.Warn("client refused", zap.Stringer("client", cx.RemoteAddr()), zap.String("sni", client.SNI), zap.String("reason", err.Error()))
+		if ce, n := st.refusals.check(h.logger, refusalKind(err)); ce != nil {
+			ce.Write(zap.Stringer("client", cx.RemoteAddr()), zap.String("sni", client.SNI), zap.String("reason", err.Error()), zap.Int64("count", n))
+		}
 		return nil
 	}
 	defer b.Release()
@@ -129,10 +136,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		OnTx:        func(n int64) { b.Stats.AddTx(n); st.stats.AddTx(n) },
 		OnRx:        func(n int64) { b.Stats.AddRx(n); st.stats.AddRx(n) },
 	})
-	if ce := h.logger.Check(zap.DebugLevel, "connection closed"); ce != nil {
-		ce.Write(zap.Stringer("client", cx.RemoteAddr()), zap.String("backend", b.Address()),
-			zap.Int64("tx", res.Tx), zap.Int64("rx", res.Rx), zap.Bool("idle_timeout", res.Idle), zap.Error(res.Err))
-	}
+	h.logAccess(netip.AddrPortFrom(client.IP, client.Port), b, start, res)
 	return nil
 }
 

@@ -94,6 +94,7 @@ type Handler struct {
 	released bool // Cleanup has let go of state
 	app      *App
 	logger   *zap.Logger
+	access   *zap.Logger // the access log: logger name layer4.handlers.between.access
 	dialer   net.Dialer
 	sni      *balancers.SNIFilter
 	proxyVer int // PROXY header version to backends, 0 = none
@@ -160,6 +161,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.key = h.Name + "/" + h.hash
 	h.logger = ctx.Logger().With(zap.String("handler", h.Name))
+	h.access = h.logger.Named(accessLoggerName)
 	if err := h.provision(ctx); err != nil {
 		return fmt.Errorf("between handler %q: %w", h.Name, err)
 	}

@@ -28,6 +28,8 @@ type state struct {
 	logger *zap.Logger
 	stats  *backend.Stats // handler totals, shared with the state this one replaced
 
+	refusals refusalLog // rate limit of the refusal lines
+
 	// inherited are the backend stats of the state this one replaced, by
 	// address, handed to the same backends when discovery finds them.
 	inherited map[string]*backend.Stats
@@ -58,6 +60,10 @@ type state struct {
 	evMu    sync.Mutex
 	events  *eventSink
 	pending []pendingEvent
+
+	// fetches is the discovery Runner and the totals inherited from the
+	// state this one replaced, read by the metrics collector; set at start.
+	fetches atomic.Pointer[fetchCounter]
 
 	startOnce sync.Once
 	cancel    context.CancelFunc
@@ -138,6 +144,11 @@ func (st *state) start() {
 				st.logger.Warn("discovery failed; keeping the last good backend list unless failpolicy is setempty", zap.Error(err))
 			},
 		}
+		fc := &fetchCounter{runner: r}
+		if ph, ok := running.get(st.name); ok && ph.state != st {
+			fc.base = ph.state.fetchCounts() // a changed handler keeps counting on
+		}
+		st.fetches.Store(fc)
 		st.wg.Add(2)
 		go func() { defer st.wg.Done(); r.Run(ctx) }()
 		go func() { defer st.wg.Done(); st.sample(ctx) }()
@@ -154,6 +165,7 @@ func (st *state) sample(ctx context.Context) {
 			return
 		case now := <-t.C:
 			st.stats.Sample(now)
+			st.refusals.flush(st.logger, now.Unix())
 			st.mu.Lock()
 			for _, b := range st.discovered {
 				b.Stats.Sample(now)
@@ -205,7 +217,7 @@ func (st *state) setDiscovered(list []backend.Backend) {
 		st.logger.Info("backends discovered", zap.Int("count", len(backends)), zap.Int("added", added), zap.Int("removed", removed))
 		st.emit("between.discovery_updated", map[string]any{"handler": st.name, "count": len(backends), "added": added, "removed": removed})
 	}
-	st.health.Update(backends)
+	st.health.Update(checked(st.name, backends)) // maint: checks paused
 	st.rebuild()
 	st.markReady()
 }
@@ -229,14 +241,16 @@ func (st *state) sortedLocked() []*backend.Backend {
 	return out
 }
 
-// rebuild publishes a new election snapshot from discovery and health.
+// rebuild publishes a new election snapshot from discovery, health and the
+// backend states (drain and maint backends get no new connections).
 func (st *state) rebuild() {
+	states := backendStates.of(st.name)
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	all := st.sortedLocked()
 	pool := all[:0]
 	for _, b := range all {
-		if st.health.Healthy(b.Address()) {
+		if _, held := states[b.Address()]; !held && st.health.Healthy(b.Address()) {
 			pool = append(pool, b)
 		}
 	}

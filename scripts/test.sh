@@ -27,6 +27,8 @@ command -v lxc >/dev/null || need+=(lxd-client)
 # TLS and PROXY protocol peers
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v pebble >/dev/null || need+=(pebble)
+# the status page, in a real browser
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
 	echo "== installing ${need[*]}"
 	if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
