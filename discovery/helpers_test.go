@@ -1,12 +1,17 @@
 package discovery
 
 import (
+	"context"
+	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddy-between/between/backend"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // backendLines renders a list as backend lines, in its order.
@@ -82,4 +87,67 @@ func (rec *record) waitError(t *testing.T, mention string, within time.Duration,
 			t.Fatalf("no error mentioning %q within %v", mention, within)
 		}
 	}
+}
+
+// endpointCase is one answer of an HTTP endpoint (json, plaintext) and what a
+// fetch of it must give.
+type endpointCase struct {
+	name    string
+	status  int // 0: 200
+	body    string
+	extra   string   // more fields of the source
+	want    string   // backend lines when it succeeds
+	wantErr []string // error parts when it fails
+	skipped []int    // elements or lines skipped with a warning
+}
+
+// runEndpointCases serves each case's answer at ep+path and fetches it with
+// a source of that kind; skipKey is the log field naming a skipped element
+// ("element", "line").
+func runEndpointCases(t *testing.T, ep *endpoint, path, kind, skipKey string, cases []endpointCase) {
+	t.Helper()
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			status := tt.status
+			if status == 0 {
+				status = http.StatusOK
+			}
+			ep.set(status, tt.body)
+			src := mustLoadKind(t, kind, `{"`+kind+`_endpoint":`+quote(ep.URL+path)+tt.extra+`}`)
+			logs := observeLogs(sourceLogger(src))
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			got, err := src.(Source).Fetch(ctx)
+			if tt.wantErr != nil {
+				wantErrParts(t, err, append(tt.wantErr, kind, ep.URL)...)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got == nil || asLines(got) != tt.want {
+				t.Fatalf("Fetch = %q, want %q", asLines(got), tt.want)
+			}
+			warned := logs.FilterMessageSnippet("skipping").All()
+			if len(warned) != len(tt.skipped) {
+				t.Fatalf("%d skip warnings, want %d: %v", len(warned), len(tt.skipped), warned)
+			}
+			for i, e := range warned {
+				if e.ContextMap()[skipKey] != int64(tt.skipped[i]) || e.Level != zapcore.WarnLevel {
+					t.Errorf("warning %v, want %s %d", e.ContextMap(), skipKey, tt.skipped[i])
+				}
+			}
+		})
+	}
+}
+
+// sourceLogger is the logger field of an HTTP endpoint source, for observeLogs.
+func sourceLogger(src any) **zap.Logger {
+	switch s := src.(type) {
+	case *JSON:
+		return &s.logger
+	case *Plaintext:
+		return &s.logger
+	}
+	panic(fmt.Sprintf("no logger in %T", src))
 }

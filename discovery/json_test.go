@@ -92,15 +92,7 @@ func quote(s string) string {
 
 func TestJSONFetch(t *testing.T) {
 	ep := newEndpoint(t, "")
-	for _, tt := range []struct {
-		name    string
-		status  int
-		body    string
-		extra   string   // more fields of the source
-		want    string   // backend lines when it succeeds
-		wantErr []string // error parts when it fails
-		skipped []int    // elements skipped with a log line
-	}{
+	runEndpointCases(t, ep, "/backends", "json", "element", []endpointCase{
 		{name: "default patterns", body: `[
 			{"host":"127.0.0.1","port":6379,"weight":2,"priority":3,"sni":"a.example","max_connections":10},
 			{"host":"::1","port":"6380"},
@@ -131,39 +123,7 @@ func TestJSONFetch(t *testing.T) {
 		{name: "sni not a string", body: `[{"host":"10.0.0.1","port":1,"sni":["a"]}]`, wantErr: []string{"element [0]", "json_sni_pattern", "array"}},
 		{name: "host with white space", body: `[{"host":"10.0.0.1 weight=9","port":1}]`, wantErr: []string{"element [0]", "host"}},
 		{name: "server error", status: 503, body: "maintenance\n", wantErr: []string{"status 503", "maintenance"}},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			status := tt.status
-			if status == 0 {
-				status = http.StatusOK
-			}
-			ep.set(status, tt.body)
-			src := jsonSource(t, ep.URL+"/backends", tt.extra)
-			logs := observeLogs(&src.logger)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			got, err := src.Fetch(ctx)
-			if tt.wantErr != nil {
-				wantErrParts(t, err, append(tt.wantErr, "json", ep.URL)...)
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got == nil || asLines(got) != tt.want {
-				t.Fatalf("Fetch = %q, want %q", asLines(got), tt.want)
-			}
-			warned := logs.FilterMessageSnippet("skipping").All()
-			if len(warned) != len(tt.skipped) {
-				t.Fatalf("%d skip warnings, want %d: %v", len(warned), len(tt.skipped), warned)
-			}
-			for i, e := range warned {
-				if e.ContextMap()["element"] != int64(tt.skipped[i]) || e.Level != zapcore.WarnLevel {
-					t.Errorf("warning %v, want element %d", e.ContextMap(), tt.skipped[i])
-				}
-			}
-		})
-	}
+	})
 	t.Run("unreachable endpoint", func(t *testing.T) {
 		url := closedURL(t)
 		_, err := jsonSource(t, url, "").Fetch(context.Background())

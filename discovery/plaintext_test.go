@@ -2,7 +2,6 @@ package discovery
 
 import (
 	"context"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/caddy-between/between/backend"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"go.uber.org/zap/zapcore"
 )
 
 // plaintextSource loads a plaintext source for url with extra JSON fields.
@@ -23,15 +21,7 @@ func TestPlaintextFetch(t *testing.T) {
 	ep := newEndpoint(t, "")
 	// host, port and a weight written as "w=N"; priority as "pN"
 	custom := `,"plaintext_regex_pattern":` + quote(`^(?P<host>[\w.-]*)\s+(?P<port>\d+)(?:\s+w=(?P<weight>\d+))?(?:\s+p(?P<priority>\d+))?(?:\s+(?P<sni>\S+\.example))?(?:\s+max=(?P<max_connections>\d+))?$`)
-	for _, tt := range []struct {
-		name    string
-		status  int
-		body    string
-		extra   string
-		want    string   // backend lines when it succeeds
-		wantErr []string // error parts when it fails
-		skipped []int    // lines skipped with a log line
-	}{
+	runEndpointCases(t, ep, "/list.txt", "plaintext", "line", []endpointCase{
 		{name: "backend lines", body: "127.0.0.1:6379 weight=2\n\n# replicas\n  [::1]:6380   priority=2 sni=db.example max_connections=4  \r\n10.0.0.1:1",
 			want: "127.0.0.1:6379 weight=2 | [::1]:6380 priority=2 max_connections=4 sni=db.example | 10.0.0.1:1"},
 		{name: "empty document", body: "", want: ""},
@@ -49,39 +39,7 @@ func TestPlaintextFetch(t *testing.T) {
 			body: ":80\n10.0.0.1:0\n10.0.0.1:81\n10.0.0.1:\n", want: "10.0.0.1:81", skipped: []int{1, 2, 4}},
 		{name: "regex with a bad port", extra: custom, body: "10.0.0.1 99999\n", wantErr: []string{"line 1", "port"}},
 		{name: "not found", status: 404, body: "no such list\n", wantErr: []string{"status 404", "no such list"}},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			status := tt.status
-			if status == 0 {
-				status = http.StatusOK
-			}
-			ep.set(status, tt.body)
-			src := plaintextSource(t, ep.URL+"/list.txt", tt.extra)
-			logs := observeLogs(&src.logger)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			got, err := src.Fetch(ctx)
-			if tt.wantErr != nil {
-				wantErrParts(t, err, append(tt.wantErr, "plaintext", ep.URL)...)
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got == nil || asLines(got) != tt.want {
-				t.Fatalf("Fetch = %q, want %q", asLines(got), tt.want)
-			}
-			warned := logs.FilterMessageSnippet("skipping").All()
-			if len(warned) != len(tt.skipped) {
-				t.Fatalf("%d skip warnings, want %d: %v", len(warned), len(tt.skipped), warned)
-			}
-			for i, e := range warned {
-				if e.ContextMap()["line"] != int64(tt.skipped[i]) || e.Level != zapcore.WarnLevel {
-					t.Errorf("warning %v, want line %d", e.ContextMap(), tt.skipped[i])
-				}
-			}
-		})
-	}
+	})
 	t.Run("unreachable endpoint", func(t *testing.T) {
 		url := closedURL(t)
 		_, err := plaintextSource(t, url, "").Fetch(context.Background())
