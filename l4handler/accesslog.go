@@ -32,14 +32,16 @@ func (h *Handler) logAccess(client netip.AddrPort, b *backend.Backend, start tim
 		zap.String("close_reason", closeReason(res)), zap.Error(res.Err))
 }
 
-// closeReason names why a proxied session ended. tcpproxy does not report
-// which side closed first, so a normal end is "closed".
+// closeReason names why a proxied session ended: "client closed" or
+// "backend closed" (whose end of stream came first), "idle timeout", "error".
 func closeReason(res tcpproxy.Result) string {
 	switch {
 	case res.Err != nil:
 		return "error"
 	case res.Idle:
 		return "idle timeout"
+	case res.ClosedBy != "":
+		return res.ClosedBy + " closed"
 	}
 	return "closed"
 }

@@ -182,6 +182,8 @@ func TestAccessLine(t *testing.T) {
 		reason string
 		err    string
 	}{
+		{tcpproxy.Result{Tx: 10, Rx: 20, ClosedBy: "client"}, "client closed", ""},
+		{tcpproxy.Result{Tx: 10, Rx: 20, ClosedBy: "backend"}, "backend closed", ""},
 		{tcpproxy.Result{Tx: 10, Rx: 20}, "closed", ""},
 		{tcpproxy.Result{Tx: 1, Idle: true}, "idle timeout", ""},
 		{tcpproxy.Result{Rx: 3, Err: errors.New("connection reset by peer")}, "error", "connection reset by peer"},

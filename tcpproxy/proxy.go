@@ -48,7 +48,16 @@ type Result struct {
 	Idle bool
 	// Err is the first error other than a normal close, if any.
 	Err error
+	// ClosedBy is the side whose end of stream (FIN) came first: "client" or
+	// "backend"; "" when neither direction ended normally (idle, error).
+	ClosedBy string
 }
+
+// Sides of a session, for Result.ClosedBy.
+const (
+	sideClient  = 1 // the client->backend direction reached EOF
+	sideBackend = 2 // the backend->client direction reached EOF
+)
 
 // Proxy copies client->backend and backend->client until both directions have
 // ended, an error occurs or the session idles out; then it closes both
@@ -64,7 +73,7 @@ func Proxy(client, backend net.Conn, o Options) Result {
 	}
 	ch := make(chan done, 1)
 	go func() {
-		n, idle, err := s.copy(backend, client, o.ClientIdle, o.BackendIdle, o.OnTx)
+		n, idle, err := s.copy(backend, client, o.ClientIdle, o.BackendIdle, o.OnTx, sideClient)
 		if idle || err != nil {
 			// Unblock the other direction: without this a client that
 			// resets while the backend is silent would leave the session
@@ -74,7 +83,7 @@ func Proxy(client, backend net.Conn, o Options) Result {
 		}
 		ch <- done{n, idle, err}
 	}()
-	rx, idle, err := s.copy(client, backend, o.BackendIdle, o.ClientIdle, o.OnRx)
+	rx, idle, err := s.copy(client, backend, o.BackendIdle, o.ClientIdle, o.OnRx, sideBackend)
 	if idle || err != nil {
 		// unblock the other direction
 		client.Close()
@@ -84,6 +93,12 @@ func Proxy(client, backend net.Conn, o Options) Result {
 	client.Close()
 	backend.Close()
 	res := Result{Tx: d.n, Rx: rx, Idle: idle || d.idle}
+	switch s.firstEOF.Load() {
+	case sideClient:
+		res.ClosedBy = "client"
+	case sideBackend:
+		res.ClosedBy = "backend"
+	}
 	switch {
 	case err != nil && !isClosed(err):
 		res.Err = err
@@ -95,7 +110,8 @@ func Proxy(client, backend net.Conn, o Options) Result {
 
 // session is the state both directions share: the time of the last byte.
 type session struct {
-	last atomic.Int64 // unix nanoseconds
+	last     atomic.Int64 // unix nanoseconds
+	firstEOF atomic.Int32 // the side whose EOF came first (sideClient, sideBackend)
 }
 
 func (s *session) touch() { s.last.Store(time.Now().UnixNano()) }
@@ -108,7 +124,7 @@ func (s *session) idleFor(now time.Time) time.Duration {
 // copy moves src->dst until EOF (then half-closes dst), an error, or idleness
 // (idle is this direction's limit, other the reverse direction's: the session
 // idles out when the smaller non-zero one passes with no byte either way).
-func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(int64)) (total int64, idled bool, err error) {
+func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(int64), side int32) (total int64, idled bool, err error) {
 	limit := idle
 	if limit == 0 || (other > 0 && other < limit) {
 		limit = other
@@ -192,6 +208,7 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 			continue
 		}
 		if eof {
+			s.firstEOF.CompareAndSwap(0, side)
 			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 				cw.CloseWrite()
 			} else {

@@ -204,6 +204,30 @@ func TestProxyBulkBothDirections(t *testing.T) {
 	}
 }
 
+// TestProxyClosedByBackend: a server that speaks and closes first is
+// reported as the side that closed.
+func TestProxyClosedByBackend(t *testing.T) {
+	r := startRig(t, tcpproxy.Options{}, false)
+	if _, err := r.backend.Write([]byte("221 bye\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.backend.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	r.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := io.ReadAll(r.client); err != nil || string(got) != "221 bye\r\n" {
+		t.Fatalf("client read %q, %v", got, err)
+	}
+	r.client.Close()
+	res, ok := r.wait(5 * time.Second)
+	if !ok {
+		t.Fatal("Proxy did not return")
+	}
+	if res.ClosedBy != "backend" {
+		t.Fatalf("ClosedBy = %q, want backend", res.ClosedBy)
+	}
+}
+
 func TestProxyHalfClose(t *testing.T) {
 	request := []byte("GET everything\n")
 	reply := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
@@ -257,6 +281,9 @@ func TestProxyHalfClose(t *testing.T) {
 			}
 			if res.Tx != int64(len(request)) || res.Rx != int64(len(reply)) || res.Err != nil || res.Idle {
 				t.Fatalf("Result = %+v, want Tx=%d Rx=%d", res, len(request), len(reply))
+			}
+			if res.ClosedBy != "client" {
+				t.Fatalf("ClosedBy = %q, want client (it half-closed first)", res.ClosedBy)
 			}
 		})
 	}
