@@ -76,6 +76,7 @@ func freePort(t testing.TB) int {
 type instance struct {
 	t     testing.TB
 	admin string // host:port of the admin endpoint
+	home  string // HOME and XDG dirs of the process (autosave lives there); a new temp dir when ""
 	cmd   *exec.Cmd
 	logMu sync.Mutex
 	log   bytes.Buffer
@@ -128,7 +129,10 @@ func startCaddyfile(t testing.TB, caddyfile string) *instance {
 func (c *instance) start(t testing.TB, args ...string) {
 	t.Helper()
 	c.cmd = exec.Command(caddyBin, args...)
-	c.cmd.Dir = t.TempDir()
+	if c.home == "" {
+		c.home = t.TempDir()
+	}
+	c.cmd.Dir = c.home
 	c.cmd.Env = append(os.Environ(), "HOME="+c.cmd.Dir, "XDG_DATA_HOME="+c.cmd.Dir, "XDG_CONFIG_HOME="+c.cmd.Dir)
 	c.cmd.Stdout, c.cmd.Stderr = lockedWriter{c}, lockedWriter{c}
 	if err := c.cmd.Start(); err != nil {

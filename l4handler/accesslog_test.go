@@ -140,10 +140,15 @@ func TestRefusalKinds(t *testing.T) {
 			}
 		}
 		// each kind has its own budget: all of them write in the same second
-		refuseMany(&l, logger, tc.kind, now, 3)
+		refuseMany(&l, logger, tc.kind, now, 1)
 		e := logs.TakeAll()
-		if len(e) != 1 || e[0].Message != tc.msg || e[0].Level != tc.level {
-			t.Fatalf("kind %d: lines %v, want one %q at %s", tc.kind, e, tc.msg, tc.level)
+		if len(e) != 1 || e[0].Message != tc.msg || e[0].Level != tc.level || e[0].ContextMap()["count"] != int64(1) {
+			t.Fatalf("kind %d: lines %v, want one %q at %s with count 1", tc.kind, e, tc.msg, tc.level)
+		}
+		// two more in the same second: no line until the flush counts them
+		refuseMany(&l, logger, tc.kind, now, 2)
+		if e := logs.TakeAll(); len(e) != 0 {
+			t.Fatalf("kind %d: a second line in the same second: %v", tc.kind, e)
 		}
 		l.flush(logger, now+1)
 		e = logs.TakeAll()

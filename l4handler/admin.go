@@ -152,6 +152,8 @@ func (AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return serveStatus(w, r)
 	case len(parts) == 5 && parts[0] == "servers" && parts[2] == "backends" && parts[4] == "state":
 		return serveBackendState(w, r, parts[1], parts[3])
+	case len(parts) == 2 && parts[0] == "servers" && parts[1] != "" && r.Method != http.MethodGet:
+		return serveServerChange(w, r, parts[1])
 	case !knownGetPath(parts):
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errNotFound}
 	case r.Method != http.MethodGet:

@@ -1,0 +1,157 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// adminDo sends a request with a JSON body to the admin endpoint and returns
+// the status and the body.
+func (c *instance) adminDo(t *testing.T, method, path, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+c.admin+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	// a new connection each time: Caddy replaces its admin server on every
+	// config load, which closes idle kept-alive connections
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestServerCRUD: gobetween-style create, replace and delete of a server
+// through /between/servers/{name}, done as Caddy config changes: visible
+// under /config/, serving traffic at once, rejected atomically when invalid,
+// and brought back by `caddy run --resume` after a restart.
+func TestServerCRUD(t *testing.T) {
+	one, two := nameBackend(t, "one"), nameBackend(t, "two")
+	addr := freeAddr(t)
+	// a running config with a between handler in a layer4 server of another name
+	other := freeAddr(t)
+	c := startCaddy(t, layer4(map[string]any{"edge": map[string]any{
+		"listen": []string{shared(other)},
+		"routes": []any{map[string]any{"handle": []any{betweenHandler("inner", map[string]any{
+			"discovery": map[string]any{"kind": "static", "static_list": []string{one.addr}},
+		})}}},
+	}}))
+	body := func(backend string, extra string) string {
+		return fmt.Sprintf(`{"listen":[%q],"balance":{"policy":"roundrobin"},"discovery":{"kind":"static","static_list":[%q]}%s}`, shared(addr), backend, extra)
+	}
+
+	for _, tc := range []struct {
+		name, method, path, body string
+		status                   int
+		mention                  string
+	}{
+		{"create", "POST", "/between/servers/web", body(one.addr, ""), 201, `"name":"web"`},
+		{"create again", "POST", "/between/servers/web", body(one.addr, ""), 409, "exists"},
+		{"unknown field", "PUT", "/between/servers/web", body(two.addr, `,"retires":1`), 400, "retires"},
+		{"invalid value", "PUT", "/between/servers/web", body(two.addr, `,"max_connections":-1`), 400, "max_connections"},
+		{"no listen", "POST", "/between/servers/x", `{"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}`, 400, "listen"},
+		{"udp", "POST", "/between/servers/x", `{"listen":["127.0.0.1:1"],"protocol":"udp","discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}`, 400, "udp"},
+		{"replace unknown", "PUT", "/between/servers/nosuch", body(two.addr, ""), 404, "nosuch"},
+		{"delete unknown", "DELETE", "/between/servers/nosuch", "", 404, "nosuch"},
+		{"delete a handler of another server", "DELETE", "/between/servers/inner", "", 409, "edge"},
+		{"wrong method", "PATCH", "/between/servers/web", "", 405, "method"},
+	} {
+		status, got := c.adminDo(t, tc.method, tc.path, tc.body)
+		if status != tc.status || !strings.Contains(got, tc.mention) {
+			t.Fatalf("%s: %s %s = %d %s; want %d mentioning %q", tc.name, tc.method, tc.path, status, got, tc.status, tc.mention)
+		}
+		if status >= 400 && !strings.HasPrefix(strings.TrimSpace(got), `{"error":`) {
+			t.Errorf("%s: error body %q is not {\"error\": ...}", tc.name, got)
+		}
+		if tc.name == "create" {
+			waitFor(t, 5*time.Second, "the created server to serve", func() bool { got, _ := ask(addr); return got == "one" })
+		}
+	}
+	// the failed replacements left the created server serving
+	if got, err := ask(addr); got != "one" {
+		t.Fatalf("after rejected changes: %q, %v; want one", got, err)
+	}
+	// visible under /config/ as a layer4 server with one between route
+	status, cfg := c.adminDo(t, "GET", "/config/apps/layer4/servers/web", "")
+	if status != 200 || !strings.Contains(cfg, `"handler":"between"`) || !strings.Contains(cfg, `"name":"web"`) {
+		t.Fatalf("GET /config/apps/layer4/servers/web = %d %s", status, cfg)
+	}
+
+	// replace: traffic follows the new backend; a connection open across
+	// the change keeps working
+	if status, got := c.adminDo(t, "PUT", "/between/servers/web", body(two.addr, "")); status != 200 {
+		t.Fatalf("PUT = %d %s", status, got)
+	}
+	waitFor(t, 5*time.Second, "traffic to follow the replaced server", func() bool { got, _ := ask(addr); return got == "two" })
+
+	// restart with --resume: the change comes back from Caddy's autosave
+	c.cmd.Process.Kill()
+	c.cmd.Wait()
+	r := &instance{t: t, admin: c.admin, home: c.home}
+	r.start(t, "run", "--resume")
+	waitFor(t, 10*time.Second, "the resumed config to serve the replaced server", func() bool { got, _ := ask(addr); return got == "two" })
+	if _, got := r.adminDo(t, "GET", "/between/servers/web", ""); !strings.Contains(got, `"name":"web"`) {
+		t.Fatalf("after --resume, GET /between/servers/web = %s", got)
+	}
+
+	// delete: the listener goes away, the other server stays
+	if status, got := r.adminDo(t, "DELETE", "/between/servers/web", ""); status != 204 {
+		t.Fatalf("DELETE = %d %s", status, got)
+	}
+	waitFor(t, 5*time.Second, "the deleted server's listener to close", func() bool { _, err := ask(addr); return err != nil })
+	if got, _ := ask(other); got != "one" {
+		t.Fatalf("the other server answers %q after the delete, want one", got)
+	}
+	status, list := r.adminDo(t, "GET", "/between/servers", "")
+	var names []struct{ Name string }
+	if status != 200 || json.Unmarshal([]byte(list), &names) != nil || len(names) != 1 || names[0].Name != "inner" {
+		t.Fatalf("GET /between/servers after the delete = %d %s, want only inner", status, list)
+	}
+}
+
+// TestServerCRUDTLS: a server created with protocol tls terminates TLS with
+// the given certificate files (loaded into the tls app, tagged with the
+// server) and forwards plaintext; deleting it takes the files out again.
+func TestServerCRUDTLS(t *testing.T) {
+	plain := nameBackend(t, "plain")
+	cert := cmpNewCert(t, "secure.test")
+	certFile, keyFile := cert.files(t)
+	addr := freeAddr(t)
+	c := startCaddy(t, `{}`)
+	body := fmt.Sprintf(`{"listen":[%q],"protocol":"tls","tls":{"cert_path":%q,"key_path":%q},"discovery":{"kind":"static","static_list":[%q]}}`,
+		shared(addr), certFile, keyFile, plain.addr)
+	if status, got := c.adminDo(t, "POST", "/between/servers/secure", body); status != 201 {
+		t.Fatalf("POST = %d %s", status, got)
+	}
+	waitFor(t, 5*time.Second, "TLS through the created server", func() bool {
+		got, _ := cmpAskTLS(addr, "secure.test", cert.pool)
+		return got == "plain"
+	})
+	if _, cfg := c.adminDo(t, "GET", "/config/apps/tls/certificates/load_files", ""); !strings.Contains(cfg, "between:secure") {
+		t.Fatalf("load_files = %s, want the server's tagged files", cfg)
+	}
+	for _, bad := range []string{
+		`{"listen":["127.0.0.1:1"],"protocol":"tls","discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}`,
+		`{"listen":["127.0.0.1:1"],"tls":{"cert_path":"x","key_path":"y"},"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}`,
+	} {
+		if status, got := c.adminDo(t, "POST", "/between/servers/bad", bad); status != 400 || !strings.Contains(got, "tls") {
+			t.Errorf("POST %s = %d %s, want 400 naming tls", bad, status, got)
+		}
+	}
+	if status, got := c.adminDo(t, "DELETE", "/between/servers/secure", ""); status != 204 {
+		t.Fatalf("DELETE = %d %s", status, got)
+	}
+	if _, cfg := c.adminDo(t, "GET", "/config/apps/tls/certificates/load_files", ""); strings.Contains(cfg, "between:secure") {
+		t.Fatalf("load_files after the delete = %s, want the server's files gone", cfg)
+	}
+}
