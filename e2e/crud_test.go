@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -89,10 +90,38 @@ func TestServerCRUD(t *testing.T) {
 
 	// replace: traffic follows the new backend; a connection open across
 	// the change keeps working
+	echo := echoBackend(t)
+	if status, got := c.adminDo(t, "PUT", "/between/servers/web", body(echo.addr, "")); status != 200 {
+		t.Fatalf("PUT = %d %s", status, got)
+	}
+	var open net.Conn
+	waitFor(t, 5*time.Second, "a connection through the echo backend", func() bool {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return false
+		}
+		conn.SetDeadline(time.Now().Add(time.Second))
+		buf := make([]byte, 1)
+		if _, err := conn.Write([]byte("a")); err != nil || func() error { _, err := io.ReadFull(conn, buf); return err }() != nil || buf[0] != 'a' {
+			conn.Close()
+			return false
+		}
+		open = conn
+		return true
+	})
+	defer open.Close()
 	if status, got := c.adminDo(t, "PUT", "/between/servers/web", body(two.addr, "")); status != 200 {
 		t.Fatalf("PUT = %d %s", status, got)
 	}
 	waitFor(t, 5*time.Second, "traffic to follow the replaced server", func() bool { got, _ := ask(addr); return got == "two" })
+	open.SetDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 1)
+	if _, err := open.Write([]byte("b")); err != nil {
+		t.Fatalf("the connection open across the replace: %v", err)
+	}
+	if _, err := io.ReadFull(open, buf); err != nil || buf[0] != 'b' {
+		t.Fatalf("the connection open across the replace: read %q, %v", buf, err)
+	}
 
 	// restart with --resume: the change comes back from Caddy's autosave
 	c.cmd.Process.Kill()

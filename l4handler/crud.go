@@ -291,7 +291,12 @@ func releaseTLS(cfg map[string]any, name string, srv any) {
 		return
 	}
 	owned := map[any]bool{}
-	m, _ := srv.(map[string]any)
+	// srv is the running config's JSON, or a server built in this request:
+	// read both the same way
+	var m map[string]any
+	if raw, err := json.Marshal(srv); err == nil {
+		json.Unmarshal(raw, &m)
+	}
 	routes, _ := m["routes"].([]any)
 	for _, r := range routes {
 		rm, _ := r.(map[string]any)
