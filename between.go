@@ -15,8 +15,10 @@ import (
 	// every Between module registers itself in init
 	_ "github.com/caddy-between/between/balancers"
 	_ "github.com/caddy-between/between/discovery"
+	_ "github.com/caddy-between/between/gobetween"
 	_ "github.com/caddy-between/between/healthchecks"
 	_ "github.com/caddy-between/between/httpupstreams"
 	_ "github.com/caddy-between/between/l4handler"
+	_ "github.com/caddy-between/between/lbcmd"
 	_ "github.com/caddy-between/between/listeners"
 )

@@ -1,0 +1,150 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// writeGobetween writes a gobetween.toml into a temp dir and returns its path.
+func writeGobetween(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "gobetween.toml")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestGobetweenRun runs a gobetween.toml with `caddy run --adapter gobetween`
+// and checks that roundrobin alternates between the two backends.
+func TestGobetweenRun(t *testing.T) {
+	a, b := nameBackend(t, "a"), nameBackend(t, "b")
+	front := freeAddr(t)
+	inst := &instance{t: t, admin: freeAddr(t)}
+	path := writeGobetween(t, fmt.Sprintf(`
+[logging]
+level = "debug"
+output = "stderr"
+
+[api]
+enabled = true
+bind = %q
+
+[defaults]
+backend_connection_timeout = "2s"
+
+[servers.web]
+bind = %q
+protocol = "tcp"
+balance = "roundrobin"
+
+  [servers.web.discovery]
+  kind = "static"
+  static_list = [%q, %q]
+`, inst.admin, front, a.addr, b.addr))
+	inst.start(t, "run", "--adapter", "gobetween", "--config", path)
+
+	var got []string
+	waitFor(t, 10*time.Second, "the balancer to answer", func() bool {
+		name, err := ask(front)
+		return err == nil && name != ""
+	})
+	for range 6 {
+		name, err := ask(front)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, name)
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i] == got[i-1] {
+			t.Fatalf("roundrobin did not alternate: %v", got)
+		}
+	}
+	if a.count() == 0 || b.count() == 0 {
+		t.Fatalf("a backend got nothing: a=%d b=%d", a.count(), b.count())
+	}
+}
+
+// TestGobetweenAdaptValidate adapts gobetween configs (a small one and
+// gobetween's own sample) with `caddy adapt --adapter gobetween` and checks
+// that `caddy validate` accepts the JSON.
+func TestGobetweenAdaptValidate(t *testing.T) {
+	small := writeGobetween(t, `
+[api]
+enabled = true
+bind = "127.0.0.1:0"
+[servers.s]
+bind = "127.0.0.1:0"
+balance = "leastconn"
+  [servers.s.discovery]
+  kind = "static"
+  static_list = ["127.0.0.1:1 weight=2", "127.0.0.1:2"]
+  [servers.s.healthcheck]
+  kind = "ping"
+  interval = "2s"
+  timeout = "1s"
+`)
+	sample := filepath.Join(repoRoot(), "gobetween", "testdata", "sample.toml")
+	for _, in := range []string{small, sample} {
+		t.Run(filepath.Base(in), func(t *testing.T) {
+			home := t.TempDir()
+			env := append(os.Environ(), "HOME="+home, "XDG_DATA_HOME="+home, "XDG_CONFIG_HOME="+home)
+			cmd := exec.Command(caddyBin, "adapt", "--adapter", "gobetween", "--config", in)
+			cmd.Env = env
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("caddy adapt: %v\n%s", err, errText(err))
+			}
+			var cfg map[string]any
+			if err := json.Unmarshal(out, &cfg); err != nil {
+				t.Fatalf("adapt did not print JSON: %v\n%s", err, out)
+			}
+			if !strings.Contains(string(out), `"handler":"between"`) && !strings.Contains(string(out), `"handler": "between"`) {
+				t.Fatalf("no between handler in:\n%s", out)
+			}
+			adapted := filepath.Join(t.TempDir(), "caddy.json")
+			if err := os.WriteFile(adapted, out, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			v := exec.Command(caddyBin, "validate", "--config", adapted)
+			v.Env = env
+			if vout, err := v.CombinedOutput(); err != nil {
+				t.Fatalf("caddy validate rejected the adapted config: %v\n%s\n%s", err, vout, out)
+			}
+		})
+	}
+}
+
+// TestGobetweenAdaptError checks that an unsupported key fails `caddy adapt`
+// with a message naming it.
+func TestGobetweenAdaptError(t *testing.T) {
+	in := writeGobetween(t, `
+[servers.dns]
+bind = "127.0.0.1:5353"
+protocol = "udp"
+  [servers.dns.discovery]
+  kind = "static"
+  static_list = ["127.0.0.1:53"]
+`)
+	out, err := exec.Command(caddyBin, "adapt", "--adapter", "gobetween", "--config", in).CombinedOutput()
+	if err == nil {
+		t.Fatalf("adapt accepted protocol = udp:\n%s", out)
+	}
+	if !strings.Contains(string(out), "servers.dns.protocol") {
+		t.Fatalf("error does not name the key:\n%s", out)
+	}
+}
+
+func errText(err error) string {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(ee.Stderr)
+	}
+	return ""
+}
