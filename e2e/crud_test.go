@@ -5,32 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 )
-
-// adminDo sends a request with a JSON body to the admin endpoint and returns
-// the status and the body.
-func (c *instance) adminDo(t *testing.T, method, path, body string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(method, "http://"+c.admin+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	// a new connection each time: Caddy replaces its admin server on every
-	// config load, which closes idle kept-alive connections
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
 
 // TestServerCRUD: gobetween-style create, replace and delete of a server
 // through /between/servers/{name}, done as Caddy config changes: visible
@@ -67,7 +45,7 @@ func TestServerCRUD(t *testing.T) {
 		{"delete a handler of another server", "DELETE", "/between/servers/inner", "", 409, "edge"},
 		{"wrong method", "PATCH", "/between/servers/web", "", 405, "method"},
 	} {
-		status, got := c.adminDo(t, tc.method, tc.path, tc.body)
+		status, got := adminDo(t, c, tc.method, tc.path, tc.body)
 		if status != tc.status || !strings.Contains(got, tc.mention) {
 			t.Fatalf("%s: %s %s = %d %s; want %d mentioning %q", tc.name, tc.method, tc.path, status, got, tc.status, tc.mention)
 		}
@@ -83,7 +61,7 @@ func TestServerCRUD(t *testing.T) {
 		t.Fatalf("after rejected changes: %q, %v; want one", got, err)
 	}
 	// visible under /config/ as a layer4 server with one between route
-	status, cfg := c.adminDo(t, "GET", "/config/apps/layer4/servers/web", "")
+	status, cfg := adminDo(t, c, "GET", "/config/apps/layer4/servers/web", "")
 	if status != 200 || !strings.Contains(cfg, `"handler":"between"`) || !strings.Contains(cfg, `"name":"web"`) {
 		t.Fatalf("GET /config/apps/layer4/servers/web = %d %s", status, cfg)
 	}
@@ -91,7 +69,7 @@ func TestServerCRUD(t *testing.T) {
 	// replace: traffic follows the new backend; a connection open across
 	// the change keeps working
 	echo := echoBackend(t)
-	if status, got := c.adminDo(t, "PUT", "/between/servers/web", body(echo.addr, "")); status != 200 {
+	if status, got := adminDo(t, c, "PUT", "/between/servers/web", body(echo.addr, "")); status != 200 {
 		t.Fatalf("PUT = %d %s", status, got)
 	}
 	var open net.Conn
@@ -110,7 +88,7 @@ func TestServerCRUD(t *testing.T) {
 		return true
 	})
 	defer open.Close()
-	if status, got := c.adminDo(t, "PUT", "/between/servers/web", body(two.addr, "")); status != 200 {
+	if status, got := adminDo(t, c, "PUT", "/between/servers/web", body(two.addr, "")); status != 200 {
 		t.Fatalf("PUT = %d %s", status, got)
 	}
 	waitFor(t, 5*time.Second, "traffic to follow the replaced server", func() bool { got, _ := ask(addr); return got == "two" })
@@ -129,19 +107,19 @@ func TestServerCRUD(t *testing.T) {
 	r := &instance{t: t, admin: c.admin, home: c.home}
 	r.start(t, "run", "--resume")
 	waitFor(t, 10*time.Second, "the resumed config to serve the replaced server", func() bool { got, _ := ask(addr); return got == "two" })
-	if _, got := r.adminDo(t, "GET", "/between/servers/web", ""); !strings.Contains(got, `"name":"web"`) {
+	if _, got := adminDo(t, r, "GET", "/between/servers/web", ""); !strings.Contains(got, `"name":"web"`) {
 		t.Fatalf("after --resume, GET /between/servers/web = %s", got)
 	}
 
 	// delete: the listener goes away, the other server stays
-	if status, got := r.adminDo(t, "DELETE", "/between/servers/web", ""); status != 204 {
+	if status, got := adminDo(t, r, "DELETE", "/between/servers/web", ""); status != 204 {
 		t.Fatalf("DELETE = %d %s", status, got)
 	}
 	waitFor(t, 5*time.Second, "the deleted server's listener to close", func() bool { _, err := ask(addr); return err != nil })
 	if got, _ := ask(other); got != "one" {
 		t.Fatalf("the other server answers %q after the delete, want one", got)
 	}
-	status, list := r.adminDo(t, "GET", "/between/servers", "")
+	status, list := adminDo(t, r, "GET", "/between/servers", "")
 	var names []struct{ Name string }
 	if status != 200 || json.Unmarshal([]byte(list), &names) != nil || len(names) != 1 || names[0].Name != "inner" {
 		t.Fatalf("GET /between/servers after the delete = %d %s, want only inner", status, list)
@@ -159,28 +137,28 @@ func TestServerCRUDTLS(t *testing.T) {
 	c := startCaddy(t, `{}`)
 	body := fmt.Sprintf(`{"listen":[%q],"protocol":"tls","tls":{"cert_path":%q,"key_path":%q},"discovery":{"kind":"static","static_list":[%q]}}`,
 		shared(addr), certFile, keyFile, plain.addr)
-	if status, got := c.adminDo(t, "POST", "/between/servers/secure", body); status != 201 {
+	if status, got := adminDo(t, c, "POST", "/between/servers/secure", body); status != 201 {
 		t.Fatalf("POST = %d %s", status, got)
 	}
 	waitFor(t, 5*time.Second, "TLS through the created server", func() bool {
 		got, _ := cmpAskTLS(addr, "secure.test", cert.pool)
 		return got == "plain"
 	})
-	if _, cfg := c.adminDo(t, "GET", "/config/apps/tls/certificates/load_files", ""); !strings.Contains(cfg, "between:secure") {
+	if _, cfg := adminDo(t, c, "GET", "/config/apps/tls/certificates/load_files", ""); !strings.Contains(cfg, "between:secure") {
 		t.Fatalf("load_files = %s, want the server's tagged files", cfg)
 	}
 	for _, bad := range []string{
 		`{"listen":["127.0.0.1:1"],"protocol":"tls","discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}`,
 		`{"listen":["127.0.0.1:1"],"tls":{"cert_path":"x","key_path":"y"},"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}`,
 	} {
-		if status, got := c.adminDo(t, "POST", "/between/servers/bad", bad); status != 400 || !strings.Contains(got, "tls") {
+		if status, got := adminDo(t, c, "POST", "/between/servers/bad", bad); status != 400 || !strings.Contains(got, "tls") {
 			t.Errorf("POST %s = %d %s, want 400 naming tls", bad, status, got)
 		}
 	}
-	if status, got := c.adminDo(t, "DELETE", "/between/servers/secure", ""); status != 204 {
+	if status, got := adminDo(t, c, "DELETE", "/between/servers/secure", ""); status != 204 {
 		t.Fatalf("DELETE = %d %s", status, got)
 	}
-	if _, cfg := c.adminDo(t, "GET", "/config/apps/tls/certificates/load_files", ""); strings.Contains(cfg, "between:secure") {
+	if _, cfg := adminDo(t, c, "GET", "/config/apps/tls/certificates/load_files", ""); strings.Contains(cfg, "between:secure") {
 		t.Fatalf("load_files after the delete = %s, want the server's files gone", cfg)
 	}
 }

@@ -252,10 +252,10 @@ func (a *adapter) convert(doc map[string]any) (map[string]any, error) {
 	if err := a.api(root, cfg); err != nil {
 		return nil, err
 	}
-	if err := a.metrics(root); err != nil {
+	if err := a.adminListener(root, "metrics", "the metrics at /metrics"); err != nil {
 		return nil, err
 	}
-	if err := a.profiler(root); err != nil {
+	if err := a.adminListener(root, "profiler", "pprof at /debug/pprof/"); err != nil {
 		return nil, err
 	}
 	defaults, err := root.sub("defaults")
@@ -395,10 +395,12 @@ func (a *adapter) api(root *table, cfg map[string]any) error {
 	return nil
 }
 
-// metrics: Caddy serves Prometheus metrics (Between's included) at /metrics
-// on the admin endpoint; a separate metrics listener is not possible.
-func (a *adapter) metrics(root *table) error {
-	t, err := root.sub("metrics")
+// adminListener handles [metrics] and [profiler]: gobetween served each on
+// a listener of its own; Caddy serves both on the admin endpoint (metrics at
+// /metrics, pprof at /debug/pprof/), so an enabled one is a warning saying
+// where to find it.
+func (a *adapter) adminListener(root *table, section, servedAt string) error {
+	t, err := root.sub(section)
 	if err != nil || t == nil {
 		return err
 	}
@@ -410,33 +412,11 @@ func (a *adapter) metrics(root *table) error {
 	if err != nil {
 		return err
 	}
-	if err := t.finish("not a [metrics] key (enabled, bind)"); err != nil {
+	if err := t.finish(fmt.Sprintf("not a [%s] key (enabled, bind)", section)); err != nil {
 		return err
 	}
 	if enabled {
-		a.warn("metrics", fmt.Sprintf("Caddy serves the metrics at /metrics on the admin endpoint ([api] bind), not on %q", bind))
-	}
-	return nil
-}
-
-func (a *adapter) profiler(root *table) error {
-	t, err := root.sub("profiler")
-	if err != nil || t == nil {
-		return err
-	}
-	enabled, err := t.boolean("enabled")
-	if err != nil {
-		return err
-	}
-	bind, err := t.str("bind")
-	if err != nil {
-		return err
-	}
-	if err := t.finish("not a [profiler] key (enabled, bind)"); err != nil {
-		return err
-	}
-	if enabled {
-		a.warn("profiler", fmt.Sprintf("Caddy serves pprof at /debug/pprof/ on the admin endpoint ([api] bind), not on %q", bind))
+		a.warn(section, fmt.Sprintf("Caddy serves %s on the admin endpoint ([api] bind), not on %q", servedAt, bind))
 	}
 	return nil
 }
@@ -882,6 +862,24 @@ var discoveryKeys = map[string][]string{
 	"etcd":      {"etcd_endpoints", "etcd_prefix", "etcd_username", "etcd_password", "etcd_tls_enabled", "etcd_tls_cert_path", "etcd_tls_key_path", "etcd_tls_cacert_path"},
 }
 
+// copyDurations copies the duration keys that are set into out as Caddy
+// durations ("0" and "" are left out: no limit).
+func (t *table) copyDurations(out map[string]any, keys ...string) error {
+	for _, k := range keys {
+		if !t.has(k) {
+			continue
+		}
+		d, err := t.duration(k)
+		if err != nil {
+			return err
+		}
+		if d != "" {
+			out[k] = d
+		}
+	}
+	return nil
+}
+
 func discovery(t *table) (map[string]any, error) {
 	kind, err := t.str("kind")
 	if err != nil {
@@ -892,17 +890,8 @@ func discovery(t *table) (map[string]any, error) {
 		return nil, fmt.Errorf("%s: %q is not a discovery kind (static, srv, docker, json, exec, plaintext, consul, lxd, etcd)", t.key("kind"), kind)
 	}
 	out := map[string]any{"kind": kind}
-	for _, k := range []string{"interval", "timeout"} {
-		if !t.has(k) {
-			continue
-		}
-		d, err := t.duration(k)
-		if err != nil {
-			return nil, err
-		}
-		if d != "" {
-			out[k] = d
-		}
+	if err := t.copyDurations(out, "interval", "timeout"); err != nil {
+		return nil, err
 	}
 	t.copyKeys(out, "failpolicy")
 	t.copyKeys(out, keys...)
@@ -937,17 +926,8 @@ func healthcheck(t *table) (map[string]any, error) {
 		return nil, fmt.Errorf("%s: %q is not a health check kind (ping, probe, exec, http, none)", t.key("kind"), kind)
 	}
 	out := map[string]any{"kind": kind}
-	for _, k := range []string{"interval", "timeout"} {
-		if !t.has(k) {
-			continue
-		}
-		d, err := t.duration(k)
-		if err != nil {
-			return nil, err
-		}
-		if d != "" {
-			out[k] = d
-		}
+	if err := t.copyDurations(out, "interval", "timeout"); err != nil {
+		return nil, err
 	}
 	t.copyKeys(out, "passes", "fails", "initial_status", "port")
 	t.copyKeys(out, keys...)
