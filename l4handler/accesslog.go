@@ -59,6 +59,8 @@ const (
 	refusedNoSNI                       // no backend for the client's server name (or its lack of one)
 	refusedDialFailed                  // dialing every tried backend failed
 	refusedOther                       // any other election error
+	refusedMaxSessions                 // UDP: handler at udp.max_sessions
+	refusedBackendSend                 // UDP: a backend socket could not be opened or written
 	numRefusals
 )
 
@@ -77,6 +79,8 @@ var refusalKinds = [numRefusals]struct {
 	refusedNoSNI:        {"client refused", "no backend matches the client's SNI", zapcore.WarnLevel},
 	refusedDialFailed:   {"client refused", "dial failed on every tried backend", zapcore.WarnLevel},
 	refusedOther:        {"client refused", "no eligible backend", zapcore.WarnLevel},
+	refusedMaxSessions:  {"client refused: handler at udp.max_sessions", "", zapcore.WarnLevel},
+	refusedBackendSend:  {"backend send failed", "", zapcore.WarnLevel},
 }
 
 // refusalKind classifies a reason connect returned.

@@ -138,12 +138,8 @@ func (a *App) register(ctx caddy.Context, h *Handler) error {
 	if prev, ok := a.hashes[h.Name]; ok && prev != h.hash {
 		return a.conflict(h.Name)
 	}
-	for _, l := range a.places[h.Name] {
-		for _, addr := range l.Listen {
-			if na, err := caddy.ParseNetworkAddress(addr); err == nil && (strings.HasPrefix(na.Network, "udp") || na.Network == "unixgram") {
-				return fmt.Errorf("between handler %q in %s: listen %q: this version of the between handler serves stream (TCP) connections only", h.Name, l, addr)
-			}
-		}
+	if err := h.setTransport(a.places[h.Name]); err != nil {
+		return err
 	}
 	a.hashes[h.Name] = h.hash
 	a.handlers = append(a.handlers, h)
@@ -279,6 +275,9 @@ func (a *App) Start() error {
 		return err
 	}
 	handlers, _ := a.unique()
+	if err := a.startUDP(handlers); err != nil {
+		return err
+	}
 	for _, h := range handlers {
 		h.state.start()
 		running.add(h)

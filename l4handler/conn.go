@@ -21,6 +21,9 @@ import (
 // and logged here, so it returns nil (caddy-l4 would log a returned error a
 // second time).
 func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
+	if h.udp != nil {
+		return h.handleUDP(cx)
+	}
 	st := h.state
 	client := clientPool.Get().(*balancers.Client)
 	defer releaseClient(client)

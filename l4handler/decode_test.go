@@ -19,7 +19,8 @@ func TestDecodeStrictNamesTheField(t *testing.T) {
 		{"retries as string", `{"retries":"2"}`, []string{"retries"}},
 		{"max_connections as string", `{"max_connections":"many"}`, []string{"max_connections"}},
 		{"name as number", `{"name":1}`, []string{"name"}},
-		{"udp is not a field yet", `{"udp":{"max_responses":1}}`, []string{"udp"}},
+		{"udp field unknown", `{"udp":{"max_response":1}}`, []string{"max_response"}},
+		{"udp limit as string", `{"udp":{"max_requests":"3"}}`, []string{"udp", "max_requests"}},
 		{"nested wrong type", `{"access":{"default":1}}`, []string{`field "access": field "default"`}},
 		{"nested unknown field", `{"access":{"defualt":"deny"}}`, []string{"defualt"}},
 	} {

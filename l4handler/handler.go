@@ -82,6 +82,9 @@ type Handler struct {
 	// optional client certificate, versions, ciphers and session resumption.
 	// A failed handshake counts as a failed dial.
 	BackendsTLS *BackendsTLS `json:"backends_tls,omitempty"`
+	// UDP virtual sessions: only on UDP listeners (udp/ADDR,
+	// between+udp/ADDR), where the handler relays datagrams.
+	UDP *UDPConfig `json:"udp,omitempty"`
 
 	key      string // name + config hash: identity of this exact config in the state pool
 	hash     string // hex digest of the canonical config
@@ -97,7 +100,8 @@ type Handler struct {
 	access   *zap.Logger // the access log: logger name layer4.handlers.between.access
 	dialer   net.Dialer
 	sni      *balancers.SNIFilter
-	proxyVer int // PROXY header version to backends, 0 = none
+	proxyVer int         // PROXY header version to backends, 0 = none
+	udp      *udpHandler // set when the handler is on a UDP listener
 }
 
 // PassiveHealth marks a backend down after max_fails failed dials within
@@ -278,11 +282,6 @@ func (h *Handler) provision(ctx caddy.Context) error {
 		}
 		if err := chk.Settings().ValidateCommon(); err != nil {
 			return fmt.Errorf("healthcheck: %w", err)
-		}
-		if v, ok := chk.(interface{ ValidateProtocol(string) error }); ok {
-			if err := v.ValidateProtocol("tcp"); err != nil {
-				return fmt.Errorf("healthcheck: %w", err)
-			}
 		}
 		h.checker = chk
 	}

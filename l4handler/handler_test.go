@@ -200,20 +200,6 @@ func TestValidateErrors(t *testing.T) {
 	}
 }
 
-// TestUDPListenerRejected: the handler serves TCP only for now; on a UDP
-// listener it is a config error naming the place and the address.
-func TestUDPListenerRejected(t *testing.T) {
-	err := validate(t, config(map[string]string{"dns": server("udp/127.0.0.1:40053", handlerJSON("d", ""))}))
-	if err == nil {
-		t.Fatal("no error")
-	}
-	for _, w := range []string{`"d"`, `layer4 server "dns" route 0`, "udp/127.0.0.1:40053", "TCP"} {
-		if !strings.Contains(err.Error(), w) {
-			t.Errorf("error %q does not mention %q", err, w)
-		}
-	}
-}
-
 // TestNameConflict: one name with two different configs is an error naming
 // both places, wherever they are (other server, nested subroute).
 func TestNameConflict(t *testing.T) {

@@ -8,6 +8,8 @@ import (
 
 	"github.com/caddy-between/between/backend"
 	"github.com/caddy-between/between/discovery"
+	"github.com/caddy-between/between/listeners"
+	"github.com/caddy-between/between/udpsession"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -83,6 +85,14 @@ var (
 	descBackendTx      = newDesc("backend_tx_bytes_total", "Bytes sent from clients to the backend.", "server", "backend")
 
 	descDiscoveryFetches = newDesc("discovery_fetches_total", "Discovery fetches of the handler, by result (ok, error).", "server", "result")
+
+	descUDPSessions = newDesc("udp_sessions_active", "Open virtual sessions (client to one elected backend) of a UDP handler.", "server")
+	descUDPPackets  = newDesc("udp_packets_total", "Datagrams a UDP handler relayed, by direction (in: client to backend, out: backend to client).", "server", "direction")
+	descUDPDropped  = newDesc("udp_dropped_packets_total", "Datagrams a UDP handler dropped, by reason.", "server", "reason")
+
+	descListenerSessions = newDesc("udp_listener_sessions", "Client sessions open on a between+udp socket.", "listen")
+	descListenerPackets  = newDesc("udp_listener_packets_total", "Datagrams a between+udp socket received.", "listen")
+	descListenerDropped  = newDesc("udp_listener_dropped_packets_total", "Datagrams a between+udp socket dropped before any handler saw them, by reason (queue_full, max_sessions, backlog).", "listen", "reason")
 )
 
 // Describe sends the descriptors of every metric the collector emits.
@@ -90,7 +100,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descServerBackends, descServerActive, descServerTotal, descServerRefused, descServerRx, descServerTx,
 		descBackendUp, descBackendActive, descBackendTotal, descBackendRefused, descBackendRx, descBackendTx,
-		descDiscoveryFetches,
+		descDiscoveryFetches, descUDPSessions, descUDPPackets, descUDPDropped,
+		descListenerSessions, descListenerPackets, descListenerDropped,
 	} {
 		ch <- d
 	}
@@ -98,6 +109,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect reads the running handlers' counters.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	collectListeners(ch)
 	for _, h := range c.handlers() {
 		st := h.state
 		if st == nil {
@@ -115,6 +127,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descServerRefused, prometheus.CounterValue, float64(s.Refused), name)
 		ch <- prometheus.MustNewConstMetric(descServerRx, prometheus.CounterValue, float64(s.Rx), name)
 		ch <- prometheus.MustNewConstMetric(descServerTx, prometheus.CounterValue, float64(s.Tx), name)
+
+		if h.udp != nil {
+			u := st.udp
+			ch <- prometheus.MustNewConstMetric(descUDPSessions, prometheus.GaugeValue, float64(u.Sessions.Load()), name)
+			ch <- prometheus.MustNewConstMetric(descUDPPackets, prometheus.CounterValue, float64(u.PacketsIn.Load()), name, "in")
+			ch <- prometheus.MustNewConstMetric(descUDPPackets, prometheus.CounterValue, float64(u.PacketsOut.Load()), name, "out")
+			for r := range udpsession.NumReasons {
+				ch <- prometheus.MustNewConstMetric(descUDPDropped, prometheus.CounterValue, float64(u.Dropped[r].Load()), name, r.String())
+			}
+		}
 
 		f := st.fetchCounts()
 		ch <- prometheus.MustNewConstMetric(descDiscoveryFetches, prometheus.CounterValue, float64(f.FetchesOK), name, "ok")
@@ -135,6 +157,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descBackendRx, prometheus.CounterValue, float64(bs.Rx), name, addr)
 			ch <- prometheus.MustNewConstMetric(descBackendTx, prometheus.CounterValue, float64(bs.Tx), name, addr)
 		}
+	}
+}
+
+// collectListeners reports the between+udp sockets open in this process.
+func collectListeners(ch chan<- prometheus.Metric) {
+	for _, l := range listeners.UDPListenerStats() {
+		ch <- prometheus.MustNewConstMetric(descListenerSessions, prometheus.GaugeValue, float64(l.Sessions), l.Addr)
+		ch <- prometheus.MustNewConstMetric(descListenerPackets, prometheus.CounterValue, float64(l.Packets), l.Addr)
+		ch <- prometheus.MustNewConstMetric(descListenerDropped, prometheus.CounterValue, float64(l.DroppedQueueFull), l.Addr, "queue_full")
+		ch <- prometheus.MustNewConstMetric(descListenerDropped, prometheus.CounterValue, float64(l.DroppedMaxSessions), l.Addr, "max_sessions")
+		ch <- prometheus.MustNewConstMetric(descListenerDropped, prometheus.CounterValue, float64(l.DroppedBacklog), l.Addr, "backlog")
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddy-between/between/backend"
 	"github.com/caddy-between/between/discovery"
+	"github.com/caddy-between/between/udpsession"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
@@ -52,6 +53,13 @@ type state struct {
 	firstWait time.Duration
 
 	conns sync.Map // net.Conn -> struct{}: open client connections, for draining
+
+	// udp holds a UDP handler's datagram and session totals, shared with
+	// the state this one replaced; fwdCfg is the fire-and-forget config
+	// with the state's per-backend sockets (max_requests 1), made once.
+	udp     *udpsession.Counters
+	fwdOnce sync.Once
+	fwdCfg  *udpsession.Config
 
 	// events is where backend and discovery events go: the events app of the
 	// newest config that started this state. Until the first one has started
@@ -104,8 +112,10 @@ func newState(h *Handler) *state {
 	}
 	st.health = newHealth(h, st, prev)
 	st.stats = new(backend.Stats)
+	st.udp = new(udpsession.Counters)
 	if prev != nil {
 		st.stats = prev.stats
+		st.udp = prev.udp
 		prev.mu.Lock()
 		st.inherited = make(map[string]*backend.Stats, len(prev.discovered))
 		for addr, b := range prev.discovered {
@@ -123,6 +133,9 @@ func (st *state) Destruct() error {
 	}
 	st.wg.Wait()
 	st.health.Stop()
+	if st.fwdCfg != nil {
+		st.fwdCfg.Forwarder.Close()
+	}
 	return nil
 }
 

@@ -15,8 +15,11 @@
 // remaining one, and the real socket closes only when the last virtual listener
 // on it is closed.
 //
+// The network type "between+udp" (udp.go) does the same for UDP: one shared
+// socket per address, a session table, and one [net.Conn] per client address.
+//
 // Importing the package (for its side effect) is enough to make the network
-// type available, e.g. in a layer4 server's listen addresses.
+// types available, e.g. in a layer4 server's listen addresses.
 package listeners
 
 import (
@@ -42,8 +45,13 @@ const NetworkTCP = "between+tcp"
 // "between+tcp/127.0.0.1:6380") uses the [NetworkTCP] network type. The
 // network part is compared the way Caddy parses it: trimmed, case-insensitive.
 func IsNetworkTCP(addr string) bool {
-	network, _, found := strings.Cut(addr, "/")
-	return found && strings.EqualFold(strings.TrimSpace(network), NetworkTCP)
+	return isNetwork(addr, NetworkTCP)
+}
+
+// isNetwork reports whether the Caddy network address addr uses network.
+func isNetwork(addr, network string) bool {
+	n, _, found := strings.Cut(addr, "/")
+	return found && strings.EqualFold(strings.TrimSpace(n), network)
 }
 
 func init() {
@@ -75,14 +83,10 @@ var registry = struct {
 
 // listenTCP is the caddy.ListenerFunc for NetworkTCP.
 func listenTCP(ctx context.Context, _, host, portRange string, portOffset uint, cfg net.ListenConfig) (any, error) {
-	port, err := resolvePort(portRange, portOffset)
+	addr, port, err := hostPort(NetworkTCP, host, portRange, portOffset)
 	if err != nil {
 		return nil, err
 	}
-	if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
-		host = host[1 : len(host)-1]
-	}
-	addr := net.JoinHostPort(host, strconv.FormatUint(uint64(port), 10))
 
 	registry.Lock()
 	defer registry.Unlock()
@@ -114,11 +118,28 @@ func listenTCP(ctx context.Context, _, host, portRange string, portOffset uint, 
 	return l, nil
 }
 
+// hostPort returns the "host:port" a ListenerFunc of network listens on:
+// host without IPv6 brackets, and the port portOffset places into portRange.
+// Errors name network.
+func hostPort(network, host, portRange string, portOffset uint) (string, uint16, error) {
+	if portRange == "" {
+		return "", 0, fmt.Errorf("%s: the address has no port (write e.g. %s/:PORT or %s/HOST:PORT)", network, network, network)
+	}
+	port, err := resolvePort(portRange, portOffset)
+	if err != nil {
+		return "", 0, fmt.Errorf("%s: %w", network, err)
+	}
+	if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	return net.JoinHostPort(host, strconv.FormatUint(uint64(port), 10)), port, nil
+}
+
 // resolvePort returns the port portOffset places after the start of
 // portRange ("6380" or "6380-6389").
 func resolvePort(portRange string, portOffset uint) (uint16, error) {
 	if portRange == "" {
-		return 0, fmt.Errorf("%s: the address has no port (write e.g. %s/:6380)", NetworkTCP, NetworkTCP)
+		return 0, errors.New("the address has no port")
 	}
 	first, last, isRange := strings.Cut(portRange, "-")
 	if !isRange {
@@ -127,13 +148,13 @@ func resolvePort(portRange string, portOffset uint) (uint16, error) {
 	start, err1 := strconv.ParseUint(first, 10, 16)
 	end, err2 := strconv.ParseUint(last, 10, 16)
 	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("%s: invalid port %q: only port numbers 0-65535 (or a range of them) are supported", NetworkTCP, portRange)
+		return 0, fmt.Errorf("invalid port %q: only port numbers 0-65535 (or a range of them) are supported", portRange)
 	}
 	if end < start {
-		return 0, fmt.Errorf("%s: invalid port range %q: end is before start", NetworkTCP, portRange)
+		return 0, fmt.Errorf("invalid port range %q: end is before start", portRange)
 	}
 	if uint64(portOffset) > end-start {
-		return 0, fmt.Errorf("%s: port offset %d is outside port range %q", NetworkTCP, portOffset, portRange)
+		return 0, fmt.Errorf("port offset %d is outside port range %q", portOffset, portRange)
 	}
 	return uint16(start + uint64(portOffset)), nil
 }

@@ -1,0 +1,5 @@
+//go:build !race
+
+package udpsession
+
+const raceEnabled = false
