@@ -4,6 +4,12 @@
 # README). One Caddy binary built from this tree plays two --custom targets:
 #   caddy-l4  layer4 + caddy-l4's proxy   ../shared/bench/peers/caddy-l4.json  19301-19303
 #   between   layer4 + the between handler  bench/between.json                 19501-19502
+# and, for the harness's udp test only, two more processes of the same binary
+# (separate processes, so that each one's CPU is its own):
+#   between-udp       between on a between+udp/ listener  bench/between-udp.json        19503/udp
+#   between-stockudp  between on caddy-l4's udp/ listener  bench/between-udp-stock.json  19504/udp
+# Both UDP configs use max_responses 1 (nginx's proxy_responses 1) and
+# client_idle_timeout 30s. Only the UDP test: bench/run.sh --tests udp
 # With BETWEEN_BASELINE=<commit> (default: off) a third one is added: the binary
 # built from that commit (in a temporary git worktree, removed afterwards) with
 # that commit's own bench/between.json moved to ports 19601-19602, as the target
@@ -52,6 +58,8 @@ echo "bench/run.sh: building $ROOT/cmd/caddy" >&2
 targets=(
 	--custom "name=caddy-l4,tcp=127.0.0.1:19301,iperf=127.0.0.1:19302,udp=127.0.0.1:19303,cmd=$WORK/caddy run --config $WORK/bench/peers/caddy-l4.json"
 	--custom "name=between,tcp=127.0.0.1:19501,iperf=127.0.0.1:19502,cmd=$WORK/caddy run --config $ROOT/bench/between.json"
+	--custom "name=between-udp,udp=127.0.0.1:19503,cmd=$WORK/caddy run --config $ROOT/bench/between-udp.json"
+	--custom "name=between-stockudp,udp=127.0.0.1:19504,cmd=$WORK/caddy run --config $ROOT/bench/between-udp-stock.json"
 )
 
 if [[ -n "$BASELINE" ]]; then

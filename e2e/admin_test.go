@@ -3,32 +3,45 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
 
 // adminDo sends a request to the admin endpoint and returns the status and body.
+//
+// Caddy restarts its admin server after every config load, failed ones
+// included: a request that meets the closing listener gets EOF or a reset
+// without having been handled, so such errors are retried for a while.
 func adminDo(t *testing.T, inst *instance, method, path, body string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, "http://"+inst.admin+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		req, err := http.NewRequest(method, "http://"+inst.admin+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := adminClient.Do(req)
+		if err != nil {
+			if time.Now().Before(deadline) && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)) {
+				time.Sleep(20 * time.Millisecond) // the admin server is restarting
+				continue
+			}
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
 	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := adminClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
 }
 
 // TestAdminReadEndpoints checks every read endpoint and its status codes

@@ -92,7 +92,8 @@ balance = "leastconn"
   timeout = "1s"
 `)
 	sample := filepath.Join(repoRoot(), "gobetween", "testdata", "sample.toml")
-	for _, in := range []string{small, sample} {
+	udp := filepath.Join(repoRoot(), "gobetween", "testdata", "udp.toml")
+	for _, in := range []string{small, sample, udp} {
 		t.Run(filepath.Base(in), func(t *testing.T) {
 			home := t.TempDir()
 			env := append(os.Environ(), "HOME="+home, "XDG_DATA_HOME="+home, "XDG_CONFIG_HOME="+home)
@@ -122,8 +123,9 @@ balance = "leastconn"
 	}
 }
 
-// TestGobetweenAdaptError checks that an unsupported key fails `caddy adapt`
-// with a message naming it.
+// TestGobetweenAdaptError checks that a config gobetween would refuse (a udp
+// server whose sessions never end) fails `caddy adapt` with a message naming
+// the key.
 func TestGobetweenAdaptError(t *testing.T) {
 	in := writeGobetween(t, `
 [servers.dns]
@@ -135,9 +137,9 @@ protocol = "udp"
 `)
 	out, err := exec.Command(caddyBin, "adapt", "--adapter", "gobetween", "--config", in).CombinedOutput()
 	if err == nil {
-		t.Fatalf("adapt accepted protocol = udp:\n%s", out)
+		t.Fatalf("adapt accepted a udp server without a limit:\n%s", out)
 	}
-	if !strings.Contains(string(out), "servers.dns.protocol") {
+	if !strings.Contains(string(out), "servers.dns.udp") {
 		t.Fatalf("error does not name the key:\n%s", out)
 	}
 }
@@ -147,4 +149,49 @@ func errText(err error) string {
 		return string(ee.Stderr)
 	}
 	return ""
+}
+
+// TestGobetweenRunUDP runs a gobetween.toml with a protocol = "udp" server
+// (gobetween's [servers.X.udp] keys) and relays datagrams to a UDP backend
+// and its replies back; with max_responses = 1 each datagram is a session of
+// its own, so roundrobin alternates over the two backends.
+func TestGobetweenRunUDP(t *testing.T) {
+	a, b := newUDPBackend(t, "a", 1), newUDPBackend(t, "b", 1)
+	front := freeUDPAddr(t)
+	inst := &instance{t: t, admin: freeAddr(t)}
+	path := writeGobetween(t, fmt.Sprintf(`
+[api]
+enabled = true
+bind = %q
+
+[servers.dns]
+bind = %q
+protocol = "udp"
+balance = "roundrobin"
+
+  [servers.dns.udp]
+  max_responses = 1
+
+  [servers.dns.discovery]
+  kind = "static"
+  static_list = [%q, %q]
+`, inst.admin, front, a.addr, b.addr))
+	inst.start(t, "run", "--adapter", "gobetween", "--config", path)
+	client := dialUDP(t, front)
+	if got := udpAskRetry(t, client, "q"); got != "a q 1" && got != "b q 1" {
+		t.Fatalf("first reply %q", got)
+	}
+	var got []string
+	for i := range 4 {
+		r, err := udpAsk(client, fmt.Sprint(i), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, r[0][:1])
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i] == got[i-1] {
+			t.Fatalf("roundrobin did not alternate: %v", got)
+		}
+	}
 }

@@ -120,11 +120,14 @@ func TestLBCommandHelp(t *testing.T) {
 	if err != nil {
 		t.Fatalf("caddy lb --help: %v\n%s", err, out)
 	}
-	for _, flag := range []string{"--listen", "--to", "--balance", "--protocol", "--healthcheck", "--healthcheck-interval", "--sni", "--access-log", "--admin",
-		`(default ":3000")`, `(default "roundrobin")`, `(default "tcp")`, "Examples:", "caddy lb --listen :3000 --to"} {
+	for _, flag := range []string{"--listen", "--to", "--balance", "--protocol", "--udp-max-requests", "--udp-max-responses", "--healthcheck", "--healthcheck-interval", "--sni", "--access-log", "--admin",
+		`(default ":3000")`, `(default "roundrobin")`, `(default "tcp")`, "Examples:", "caddy lb --listen :3000 --to", "caddy lb --protocol udp"} {
 		if !strings.Contains(string(out), flag) {
 			t.Errorf("caddy lb --help lacks %q:\n%s", flag, out)
 		}
+	}
+	if strings.Contains(string(out), "not supported yet") {
+		t.Errorf("caddy lb --help still says something is not supported yet:\n%s", out)
 	}
 }
 
@@ -136,7 +139,9 @@ func TestLBCommandBadFlags(t *testing.T) {
 		{nil, "no backends: give at least one --to"},
 		{[]string{"--to", "127.0.0.1"}, `--to \"127.0.0.1\"`},
 		{[]string{"--to", "127.0.0.1:1", "--balance", "random"}, "unknown policy"},
-		{[]string{"--to", "127.0.0.1:1", "--protocol", "udp"}, "udp is not supported yet"},
+		{[]string{"--to", "127.0.0.1:1", "--protocol", "udp", "--healthcheck", "ping"}, "--healthcheck ping: a TCP connect says nothing about a UDP backend"},
+		{[]string{"--to", "127.0.0.1:1", "--udp-max-responses", "1"}, "--udp-max-responses: only with --protocol udp"},
+		{[]string{"--to", "127.0.0.1:1", "--protocol", "udp", "--udp-max-requests", "x"}, "udp-max-requests"},
 		{[]string{"--to", "127.0.0.1:1", "--listen", "localhost"}, "want host:port"},
 		{[]string{"--to", "127.0.0.1:1", "extra"}, `unexpected argument "extra"`},
 		{[]string{"--to", "127.0.0.1:1", "--nope"}, "unknown flag: --nope"},
@@ -168,5 +173,52 @@ func TestLBCommandBadFlags(t *testing.T) {
 				t.Fatalf("caddy lb %v: output lacks %q:\n%s", tc.args, tc.want, out)
 			}
 		})
+	}
+}
+
+// TestLBCommandUDP: `caddy lb --protocol udp` on a bare address balances
+// datagrams over two UDP backends (with --udp-max-responses 1 every datagram
+// is a virtual session of its own, so roundrobin alternates for one client)
+// and relays each backend's reply; without limits a client stays on its
+// backend while it talks (client_idle_timeout 30s).
+func TestLBCommandUDP(t *testing.T) {
+	a, b := newUDPBackend(t, "A", 1), newUDPBackend(t, "B", 1)
+	listen := freeUDPAddr(t)
+	c := startLB(t, "--protocol", "udp", "--listen", listen, "--to", a.addr, "--to", b.addr, "--udp-max-responses", "1")
+	client := dialUDP(t, listen)
+	first := udpAskRetry(t, client, "x")
+	if first != "A x 1" && first != "B x 1" {
+		t.Fatalf("first reply %q", first)
+	}
+	var got []string
+	for i := range 6 {
+		r, err := udpAsk(client, fmt.Sprint(i), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, r[0][:1])
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i] == got[i-1] {
+			t.Fatalf("roundrobin over datagrams answers from %v: not alternating", got)
+		}
+	}
+	if len(statsBackends(t, c, "lb")) != 2 {
+		t.Errorf("stats of lb do not list both backends")
+	}
+
+	// without limits: one client session sticks to its backend
+	listen2 := freeUDPAddr(t)
+	startLB(t, "--protocol", "udp", "--listen", listen2, "--to", a.addr, "--to", b.addr)
+	sticky := dialUDP(t, listen2)
+	want := udpAskRetry(t, sticky, "y")[:1]
+	for i := range 4 {
+		r, err := udpAsk(sticky, fmt.Sprint(i), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r[0][:1] != want {
+			t.Fatalf("reply %q from another backend than the session's %s", r[0], want)
+		}
 	}
 }

@@ -567,16 +567,20 @@ func (a *adapter) server(name string, t *table, defaults map[string]any, app *tl
 	if err != nil {
 		return nil, err
 	}
+	network := "between+tcp/"
 	switch protocol {
 	case "", "tcp", "tls":
+		if t.has("udp") {
+			t.get("udp")
+			return nil, fmt.Errorf("%s: only used with protocol = \"udp\"", t.key("udp"))
+		}
 	case "udp":
-		return nil, fmt.Errorf("%s: \"udp\" is not supported by this version of the gobetween adapter", t.key("protocol"))
+		network = "between+udp/"
+		if err := a.udp(t, h); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("%s: %q is not \"tcp\", \"tls\" or \"udp\"", t.key("protocol"), protocol)
-	}
-	if t.has("udp") {
-		t.get("udp")
-		return nil, fmt.Errorf("%s: udp is not supported by this version of the gobetween adapter", t.key("udp"))
 	}
 	if err := balance(t, h); err != nil {
 		return nil, err
@@ -676,6 +680,9 @@ func (a *adapter) server(name string, t *table, defaults map[string]any, app *tl
 		if err != nil {
 			return nil, err
 		}
+		if protocol == "udp" && check != nil && check["kind"] == "ping" {
+			return nil, fmt.Errorf("%s: \"ping\" checks a backend with a TCP connect, which says nothing about a UDP service (gobetween refuses it too); use kind = \"probe\" with probe_protocol = \"udp\", or \"exec\"", hc.key("kind"))
+		}
 		if check != nil {
 			h["healthcheck"] = check
 		}
@@ -685,7 +692,7 @@ func (a *adapter) server(name string, t *table, defaults map[string]any, app *tl
 	}
 	handlers = append(handlers, h)
 	return map[string]any{
-		"listen": []string{"between+tcp/" + bind},
+		"listen": []string{network + bind},
 		"routes": []any{map[string]any{"handle": handlers}},
 	}, nil
 }
@@ -949,4 +956,57 @@ func healthcheck(t *table) (map[string]any, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// udp reads the settings of a protocol = "udp" server into the handler's udp
+// block and applies gobetween's rules for UDP servers: no TLS or PROXY
+// protocol keys, and at least one limit that ends a session.
+func (a *adapter) udp(st *table, h map[string]any) error {
+	for _, k := range []string{"backends_tls", "proxy_protocol", "sni"} {
+		if st.has(k) {
+			st.get(k)
+			return fmt.Errorf("%s: not used with protocol = \"udp\" (gobetween has no TLS or PROXY protocol on UDP)", st.key(k))
+		}
+	}
+	out := map[string]any{}
+	t, err := st.sub("udp")
+	if err != nil {
+		return err
+	}
+	if t != nil {
+		// max_sessions is Between's: gobetween had no cap on UDP clients
+		for _, k := range []string{"max_requests", "max_responses", "max_sessions"} {
+			n, ok, err := t.integer(k)
+			if err != nil {
+				return err
+			}
+			if n < 0 {
+				return fmt.Errorf("%s: must not be negative", t.key(k))
+			}
+			if ok && n > 0 {
+				out[k] = n
+			}
+		}
+		transparent, err := t.boolean("transparent")
+		if err != nil {
+			return err
+		}
+		if transparent {
+			out["transparent"] = true
+		}
+		if err := t.finish("not a udp key (max_requests, max_responses, transparent, and Between's max_sessions)"); err != nil {
+			return err
+		}
+	}
+	_, requests := out["max_requests"]
+	_, responses := out["max_responses"]
+	_, clientIdle := h["client_idle_timeout"]
+	_, backendIdle := h["backend_idle_timeout"]
+	if !requests && !responses && !clientIdle && !backendIdle {
+		return fmt.Errorf("%s: protocol = \"udp\" needs at least one of udp.max_requests, udp.max_responses, client_idle_timeout, backend_idle_timeout (as in gobetween), else its sessions never end", st.key("udp"))
+	}
+	if len(out) > 0 {
+		h["udp"] = out
+	}
+	return nil
 }

@@ -151,8 +151,17 @@ func TestErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name, cfg, want string
 	}{
-		{"udp protocol", srv + "protocol = \"udp\"\n" + disc, `servers.s.protocol: "udp" is not supported by this version`},
-		{"udp section", srv + disc + "[servers.s.udp]\nmax_requests = 1\n", "servers.s.udp: udp is not supported by this version"},
+		{"udp without a limit", srv + "protocol = \"udp\"\n" + disc, `servers.s.udp: protocol = "udp" needs at least one of udp.max_requests, udp.max_responses, client_idle_timeout, backend_idle_timeout`},
+		{"udp zero limits", srv + "protocol = \"udp\"\nclient_idle_timeout = \"0\"\n" + disc + "[servers.s.udp]\nmax_requests = 0\n", "servers.s.udp: protocol = \"udp\" needs"},
+		{"udp section on tcp", srv + disc + "[servers.s.udp]\nmax_requests = 1\n", `servers.s.udp: only used with protocol = "udp"`},
+		{"udp unknown key", srv + "protocol = \"udp\"\n" + disc + "[servers.s.udp]\nmax_responses = 1\nreplies = 2\n", "servers.s.udp.replies: not a udp key"},
+		{"udp negative", srv + "protocol = \"udp\"\n" + disc + "[servers.s.udp]\nmax_responses = -1\n", "servers.s.udp.max_responses: must not be negative"},
+		{"udp transparent not bool", srv + "protocol = \"udp\"\n" + disc + "[servers.s.udp]\nmax_responses = 1\ntransparent = \"yes\"\n", "servers.s.udp.transparent: want true or false"},
+		{"udp ping", srv + "protocol = \"udp\"\n" + disc + "[servers.s.udp]\nmax_responses = 1\n[servers.s.healthcheck]\nkind = \"ping\"\ninterval = \"1s\"\n", `servers.s.healthcheck.kind: "ping" checks a backend with a TCP connect`},
+		{"udp backends tls", srv + "protocol = \"udp\"\n" + disc + "[servers.s.udp]\nmax_responses = 1\n[servers.s.backends_tls]\nignore_verify = true\n", `servers.s.backends_tls: not used with protocol = "udp"`},
+		{"udp proxy protocol", srv + "protocol = \"udp\"\n" + disc + "[servers.s.udp]\nmax_responses = 1\n[servers.s.proxy_protocol]\nversion = \"1\"\n", `servers.s.proxy_protocol: not used with protocol = "udp"`},
+		{"udp sni", srv + "protocol = \"udp\"\n" + disc + "[servers.s.udp]\nmax_responses = 1\n[servers.s.sni]\nread_timeout = \"1s\"\n", `servers.s.sni: not used with protocol = "udp"`},
+		{"udp tls", srv + "protocol = \"udp\"\n" + disc + "[servers.s.udp]\nmax_responses = 1\n[servers.s.tls]\ncert_path = \"c\"\nkey_path = \"k\"\n", `servers.s.tls: only used with protocol = "tls"`},
 		{"unknown top section", "[nope]\nx = 1\n", "nope: not a gobetween section"},
 		{"unknown server key", srv + "bogus = 1\n" + disc, "servers.s.bogus: not a server key"},
 		{"unknown discovery key", srv + disc[:len(disc)-1] + "\nsrv_lookup_server = \"x:53\"\n", `servers.s.discovery.srv_lookup_server: not a key of discovery kind "static"`},
@@ -203,7 +212,7 @@ func TestWarnings(t *testing.T) {
 
 // FuzzAdapt checks that no input makes the adapter panic.
 func FuzzAdapt(f *testing.F) {
-	for _, p := range []string{"testdata/sample.toml", "testdata/full.toml", "testdata/static.json"} {
+	for _, p := range []string{"testdata/sample.toml", "testdata/full.toml", "testdata/static.json", "testdata/udp.toml"} {
 		if b, err := os.ReadFile(p); err == nil {
 			f.Add(b)
 		}

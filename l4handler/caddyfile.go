@@ -54,6 +54,12 @@ import (
 //			session_tickets on|off
 //			server_name NAME
 //		}
+//		udp {
+//			max_requests N
+//			max_responses N
+//			transparent [true|false]
+//			max_sessions N
+//		}
 //	}
 //
 // Each subdirective is the JSON field of the same name; inside discovery and
@@ -105,6 +111,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.AcceptProxyProtocol, err = parseAcceptProxyProtocol(d)
 		case "backends_tls":
 			h.BackendsTLS, err = parseBackendsTLS(d)
+		case "udp":
+			h.UDP, err = parseUDP(d)
 		default:
 			return d.Errf("between: unknown subdirective %q", dir)
 		}
@@ -211,6 +219,46 @@ func parseSNI(d *caddyfile.Dispenser) (*SNIConfig, error) {
 		}
 	}
 	return c, nil
+}
+
+// parseUDP reads the udp block; its values are checked when the handler is
+// provisioned, together with the idle timeouts they go with.
+func parseUDP(d *caddyfile.Dispenser) (*UDPConfig, error) {
+	u := new(UDPConfig)
+	if d.NextArg() {
+		return nil, d.Errf("udp: takes no argument, got %q (the settings go in a block)", d.Val())
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "max_requests":
+			err = intArg(d, &u.MaxRequests)
+		case "max_responses":
+			err = intArg(d, &u.MaxResponses)
+		case "max_sessions":
+			err = intArg(d, &u.MaxSessions)
+		case "transparent":
+			u.Transparent = true
+			if d.NextArg() {
+				switch d.Val() {
+				case "true":
+				case "false":
+					u.Transparent = false
+				default:
+					return nil, d.Errf("transparent %q: want no argument, true or false", d.Val())
+				}
+				if d.NextArg() {
+					return nil, d.Errf("transparent: at most one argument (true or false), got %q too", d.Val())
+				}
+			}
+		default:
+			return nil, d.Errf("udp: unknown subdirective %q (want max_requests, max_responses, transparent or max_sessions)", d.Val())
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return u, nil
 }
 
 func oneArg(d *caddyfile.Dispenser, dst *string) error {

@@ -158,28 +158,34 @@ func (h *Handler) handleUDP(cx *layer4.Connection) error {
 	}
 	st.awaitDiscovery()
 
-	var c udpsession.Conn = cx
+	// Serve writes replies from several goroutines: never through cx,
+	// whose byte counters are not safe for that; write to the socket.
+	fc := framedPool.Get().(*framedConn)
+	fc.cx = cx
 	if lc, ok := cx.Conn.(*listeners.UDPConn); ok {
-		fc := framedPool.Get().(*framedConn)
-		fc.cx, fc.lc = cx, lc
+		fc.lc = lc
 		fc.frames = lc.TakeFrames(fc.frames[:0])
-		fc.next = 0
-		defer func() { *fc = framedConn{frames: fc.frames[:0]}; framedPool.Put(fc) }()
-		c = fc
 	}
+	defer func() { *fc = framedConn{frames: fc.frames[:0]}; framedPool.Put(fc) }()
 	cfg := &u.cfg
 	if cfg.MaxRequests == 1 && !cfg.Transparent {
 		cfg = st.forwarderConfig(cfg)
 	}
-	return udpsession.Serve(c, client, cfg, u, st.udp, st.stats)
+	return udpsession.Serve(fc, client, cfg, u, st.udp, st.stats)
 }
 
-// framedConn reads a between+udp session: first the datagrams caddy-l4's
+// framedConn is the client side of a session as udpsession.Serve reads it.
+// On a between+udp listener (lc set) it returns first the datagrams caddy-l4's
 // matchers already read (through cx, which holds their bytes, cut at the
-// boundaries the listener recorded), then straight from the listener's conn.
+// boundaries the listener recorded), then reads the listener's conn directly.
+// On caddy-l4's own UDP server it reads through cx, which keeps datagram
+// boundaries, and rounds read deadlines up to a whole second: that server
+// keeps only the seconds of a deadline and checks it before handing over a
+// queued datagram, so a deadline with a fraction would refuse datagrams
+// that are already there.
 type framedConn struct {
 	cx     *layer4.Connection
-	lc     *listeners.UDPConn
+	lc     *listeners.UDPConn // nil on caddy-l4's own UDP server
 	frames []int
 	next   int
 }
@@ -188,6 +194,9 @@ var framedPool = sync.Pool{New: func() any { return &framedConn{frames: make([]i
 
 // Read returns one datagram.
 func (f *framedConn) Read(p []byte) (int, error) {
+	if f.lc == nil {
+		return f.cx.Read(p)
+	}
 	if f.next < len(f.frames) {
 		n := min(f.frames[f.next], len(p))
 		f.next++
@@ -196,11 +205,24 @@ func (f *framedConn) Read(p []byte) (int, error) {
 	return f.lc.Read(p)
 }
 
-// Write sends one datagram to the client.
-func (f *framedConn) Write(p []byte) (int, error) { return f.lc.Write(p) }
+// Write sends one datagram to the client; safe for concurrent use.
+func (f *framedConn) Write(p []byte) (int, error) {
+	if f.lc == nil {
+		return f.cx.Conn.Write(p)
+	}
+	return f.lc.Write(p)
+}
 
 // SetReadDeadline bounds the next Read.
-func (f *framedConn) SetReadDeadline(t time.Time) error { return f.lc.SetReadDeadline(t) }
+func (f *framedConn) SetReadDeadline(t time.Time) error {
+	if f.lc == nil {
+		if r := t.Truncate(time.Second); !r.Equal(t) {
+			t = r.Add(time.Second)
+		}
+		return f.cx.SetReadDeadline(t)
+	}
+	return f.lc.SetReadDeadline(t)
+}
 
 // Elect picks a backend for a new virtual session of client, skipping the
 // ones tried already, and returns it acquired.

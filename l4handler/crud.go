@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -20,10 +21,13 @@ import (
 // certificate when the protocol is tls, and every field of the between
 // handler (balance, discovery, healthcheck, ...) beside them.
 type ServerRequest struct {
-	// Caddy network addresses; between+tcp/ADDRESS is recommended.
+	// Caddy network addresses; between+tcp/ADDRESS is recommended. With
+	// protocol udp a bare host:port means between+udp/host:port, and each
+	// address must be a UDP one (between+udp/, udp/, udp4/, udp6/).
 	Listen []string `json:"listen"`
-	// "tcp" (default) or "tls" (TLS termination with caddy-l4's tls handler).
-	// "udp" is not supported by this version.
+	// "tcp" (default), "tls" (TLS termination with caddy-l4's tls handler)
+	// or "udp" (datagrams; the handler's udp field and idle timeouts say
+	// when a virtual session ends).
 	Protocol string `json:"protocol,omitempty"`
 	// With protocol tls: a certificate from files, or names to get one
 	// for by ACME (handed to the tls app like apps.between.acme_hosts).
@@ -139,7 +143,7 @@ func buildServer(name string, body []byte) (srv map[string]any, files map[string
 	hraw, _ = json.Marshal(handler)
 	handle := []any{}
 	switch req.Protocol {
-	case "", "tcp":
+	case "", "tcp", "udp":
 		if req.TLS != nil {
 			return nil, nil, nil, errors.New(`field "tls": only with protocol "tls"`)
 		}
@@ -165,14 +169,32 @@ func buildServer(name string, body []byte) (srv map[string]any, files map[string
 			policy["match"] = map[string]any{"sni": acme}
 		}
 		handle = append(handle, map[string]any{"handler": "tls", "connection_policies": []any{policy}})
-	case "udp":
-		return nil, nil, nil, errors.New(`field "protocol": udp is not supported by this version`)
 	default:
-		return nil, nil, nil, fmt.Errorf(`field "protocol": %q: want tcp or tls`, req.Protocol)
+		return nil, nil, nil, fmt.Errorf(`field "protocol": %q: want tcp, tls or udp`, req.Protocol)
+	}
+	listen := req.Listen
+	if req.Protocol == "udp" {
+		listen = make([]string, len(req.Listen))
+	}
+	for i, addr := range req.Listen {
+		network := ""
+		if n, _, ok := strings.Cut(addr, "/"); ok {
+			network = strings.TrimSpace(n)
+		}
+		switch isUDP := isPacketNetwork(network); {
+		case req.Protocol == "udp" && network == "":
+			listen[i] = "between+udp/" + addr
+		case req.Protocol == "udp" && isUDP:
+			listen[i] = addr
+		case req.Protocol == "udp":
+			return nil, nil, nil, fmt.Errorf(`field "listen": %q is not a UDP address (want host:port, between+udp/, udp/, udp4/ or udp6/)`, addr)
+		case isUDP:
+			return nil, nil, nil, fmt.Errorf(`field "listen": %q is a UDP address: want protocol "udp"`, addr)
+		}
 	}
 	handle = append(handle, json.RawMessage(hraw))
 	srv = map[string]any{
-		"listen": req.Listen,
+		"listen": listen,
 		"routes": []any{map[string]any{"handle": handle}},
 	}
 	return srv, files, acme, nil

@@ -92,7 +92,7 @@ var (
 
 	descListenerSessions = newDesc("udp_listener_sessions", "Client sessions open on a between+udp socket.", "listen")
 	descListenerPackets  = newDesc("udp_listener_packets_total", "Datagrams a between+udp socket received.", "listen")
-	descListenerDropped  = newDesc("udp_listener_dropped_packets_total", "Datagrams a between+udp socket dropped before any handler saw them, by reason (queue_full, max_sessions, backlog).", "listen", "reason")
+	descListenerDropped  = newDesc("udp_listener_dropped_packets_total", "Datagrams a between+udp socket dropped before any handler saw them, by reason (queue_full, max_sessions, backlog; kernel: the socket's receive buffer was full).", "listen", "reason")
 )
 
 // Describe sends the descriptors of every metric the collector emits.
@@ -168,6 +168,7 @@ func collectListeners(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descListenerDropped, prometheus.CounterValue, float64(l.DroppedQueueFull), l.Addr, "queue_full")
 		ch <- prometheus.MustNewConstMetric(descListenerDropped, prometheus.CounterValue, float64(l.DroppedMaxSessions), l.Addr, "max_sessions")
 		ch <- prometheus.MustNewConstMetric(descListenerDropped, prometheus.CounterValue, float64(l.DroppedBacklog), l.Addr, "backlog")
+		ch <- prometheus.MustNewConstMetric(descListenerDropped, prometheus.CounterValue, float64(l.DroppedKernel), l.Addr, "kernel")
 	}
 }
 

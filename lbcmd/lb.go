@@ -1,5 +1,5 @@
-// Package lbcmd registers the `caddy lb` subcommand: a TCP load balancer
-// started from flags alone, with no config file. It builds a layer4 server
+// Package lbcmd registers the `caddy lb` subcommand: a TCP or UDP load
+// balancer started from flags alone, with no config file. It builds a layer4 server
 // with one `between` handler (static discovery) and runs it the way Caddy's
 // own `reverse-proxy` command runs its config.
 package lbcmd
@@ -30,15 +30,20 @@ var Policies = []string{"weight", "roundrobin", "iphash", "iphash1", "leastconn"
 
 // Options are the flags of `caddy lb`.
 type Options struct {
-	// Listen is the listen address; a bare host:port becomes between+tcp/host:port.
+	// Listen is the listen address; a bare host:port becomes
+	// between+tcp/host:port, or between+udp/host:port with Protocol udp.
 	Listen string
 	// To are the backends, each a gobetween backend line ("host:port weight=2").
 	To []string
 	// Balance is the balancing policy (default roundrobin).
 	Balance string
-	// Protocol is tcp (default) or udp (not supported yet).
+	// Protocol is tcp (default) or udp.
 	Protocol string
-	// Healthcheck is "" (none) or "ping".
+	// UDPMaxRequests and UDPMaxResponses are the handler's
+	// udp.max_requests and udp.max_responses (0: no limit); only with
+	// Protocol udp.
+	UDPMaxRequests, UDPMaxResponses int
+	// Healthcheck is "" or "none" (no check) or "ping" (TCP only).
 	Healthcheck string
 	// HealthcheckInterval is the time between two checks of a backend
 	// (default 2s); only with Healthcheck.
@@ -54,30 +59,45 @@ type Options struct {
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "lb",
-		Usage: `--to <host:port> [--to <host:port> ...] [--listen <addr>] [--balance <policy>] [--protocol tcp|udp] [--healthcheck ping [--healthcheck-interval <duration>]] [--sni] [--access-log] [--admin <addr>|off]`,
-		Short: "A quick TCP load balancer with no config file",
+		Usage: `--to <host:port> [--to <host:port> ...] [--listen <addr>] [--balance <policy>] [--protocol tcp|udp] [--udp-max-requests <n>] [--udp-max-responses <n>] [--healthcheck none|ping [--healthcheck-interval <duration>]] [--sni] [--access-log] [--admin <addr>|off]`,
+		Short: "A quick TCP or UDP load balancer with no config file",
 		Long: `
-Runs a Layer 4 (TCP) load balancer from flags alone: a layer4 server listening
-on --listen with one "between" handler named "lb" that spreads connections
-over the --to backends. No config file is read or written.
+Runs a Layer 4 (TCP or UDP) load balancer from flags alone: a layer4 server
+listening on --listen with one "between" handler named "lb" that spreads
+connections (with --protocol udp: client sessions) over the --to backends.
+No config file is read or written.
 
 Flags:
   --listen ADDR     Address to accept clients on (default :3000). A bare
-                    host:port listens on between+tcp/host:port (a socket that
-                    survives reloads); an explicit network prefix
-                    (between+tcp/, tcp/, tcp4/, tcp6/, unix/) is used as given.
+                    host:port listens on between+tcp/host:port, or with
+                    --protocol udp on between+udp/host:port (sockets that
+                    survive reloads); an explicit network prefix
+                    (between+tcp/, tcp/, tcp4/, tcp6/, unix/; with udp:
+                    between+udp/, udp/, udp4/, udp6/) is used as given.
   --to BACKEND      A backend, repeat for each (required). A gobetween backend
                     line: host:port [weight=N] [priority=N] [max_connections=N]
                     [sni=NAME]; quote it when it has attributes.
   --balance POLICY  weight, roundrobin, iphash, iphash1, leastconn,
                     leastbandwidth or first (default roundrobin).
-  --protocol PROTO  tcp (default) or udp (udp is not supported yet).
-  --healthcheck ping
-                    Active TCP-connect health check (timeout: the interval,
-                    at most 5s; one failure takes a backend down, one success
-                    brings it back); unhealthy backends get no clients. Only
-                    "ping" is accepted here; use a config file for probe,
-                    exec or http.
+  --protocol PROTO  tcp (default) or udp. With udp, each client address is a
+                    session balanced to one backend; it ends after 30s with
+                    no datagram either way (client_idle_timeout 30s), or
+                    earlier with the two flags below.
+  --udp-max-requests N
+                    With udp: a session carries at most N datagrams from the
+                    client, the next one picks a backend again; 1 balances
+                    every datagram on its own and drops replies
+                    (fire-and-forget, e.g. syslog). Default 0: no limit.
+  --udp-max-responses N
+                    With udp: a session ends after N replies per datagram
+                    sent, e.g. 1 for DNS. Default 0: no limit.
+  --healthcheck none|ping
+                    none (default): no active check. ping: TCP-connect check
+                    (timeout: the interval, at most 5s; one failure takes a
+                    backend down, one success brings it back); unhealthy
+                    backends get no clients. A TCP connect says nothing about
+                    a UDP service, so ping is refused with --protocol udp.
+                    Use a config file for probe, exec or http.
   --healthcheck-interval DURATION
                     Time between two checks of a backend (default 2s).
   --sni             SNI routing with the default strategies (exact matching;
@@ -93,13 +113,17 @@ Examples:
   caddy lb --listen :3000 --to 127.0.0.1:8001 --to 127.0.0.1:8002
   caddy lb --listen 127.0.0.1:6380 --balance leastconn --healthcheck ping \
       --to "10.0.0.1:6379 weight=2" --to 10.0.0.2:6379 --admin off
+  caddy lb --protocol udp --listen :53 --udp-max-responses 1 \
+      --to 10.0.0.53:53 --to 10.0.1.53:53
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Flags().StringP("listen", "l", ":3000", "Address to accept clients on (a bare host:port means between+tcp/host:port)")
 			cmd.Flags().StringArrayP("to", "t", nil, "Backend (gobetween backend line, e.g. \"host:port weight=2\"); repeat for each (required)")
 			cmd.Flags().StringP("balance", "b", "roundrobin", "Balancing policy: "+strings.Join(Policies, ", "))
-			cmd.Flags().StringP("protocol", "p", "tcp", "Protocol: tcp or udp (udp is not supported yet)")
-			cmd.Flags().String("healthcheck", "", "Active health check: ping (default: none)")
+			cmd.Flags().StringP("protocol", "p", "tcp", "Protocol: tcp or udp")
+			cmd.Flags().Int("udp-max-requests", 0, "With udp: datagrams from the client per session, then a new backend is picked (1 = fire-and-forget; 0 = no limit)")
+			cmd.Flags().Int("udp-max-responses", 0, "With udp: replies per datagram after which a session ends (1 suits DNS; 0 = no limit)")
+			cmd.Flags().String("healthcheck", "", "Active health check: none or ping (TCP only) (default: none)")
 			cmd.Flags().Duration("healthcheck-interval", 2*time.Second, "Time between two health checks of a backend (with --healthcheck)")
 			cmd.Flags().Bool("sni", false, "Route by TLS server name to backends' sni= attributes")
 			cmd.Flags().Bool("access-log", false, "Log one line per connection")
@@ -126,6 +150,8 @@ func cmdLB(fs caddycmd.Flags) (int, error) {
 		To:                  to,
 		Balance:             fs.String("balance"),
 		Protocol:            fs.String("protocol"),
+		UDPMaxRequests:      fs.Int("udp-max-requests"),
+		UDPMaxResponses:     fs.Int("udp-max-responses"),
 		Healthcheck:         fs.String("healthcheck"),
 		HealthcheckInterval: fs.Duration("healthcheck-interval"),
 		SNI:                 fs.Bool("sni"),
@@ -142,18 +168,30 @@ func cmdLB(fs caddycmd.Flags) (int, error) {
 		return caddy.ExitCodeFailedStartup, err
 	}
 	caddy.Log().Info("caddy lb balancing",
-		zap.String("listen", listenAddr(opts.Listen)), zap.Strings("to", opts.To),
+		zap.String("listen", listenAddr(opts.Listen, udp(opts.Protocol))), zap.Strings("to", opts.To),
 		zap.String("policy", policyOrDefault(opts.Balance)))
 	select {}
 }
 
-// listenAddr adds the between+tcp network to a listen address without one.
-func listenAddr(listen string) string {
-	if strings.Contains(listen, "/") {
+// listenAddr adds the between+tcp (or, for udp, between+udp) network to a
+// listen address without one.
+func listenAddr(listen string, udp bool) string {
+	switch {
+	case strings.Contains(listen, "/"):
 		return listen
+	case udp:
+		return "between+udp/" + listen
 	}
 	return "between+tcp/" + listen
 }
+
+// udp reports whether protocol (a --protocol value) is udp.
+func udp(protocol string) bool { return strings.EqualFold(protocol, "udp") }
+
+// udpClientIdle is the client_idle_timeout of `caddy lb --protocol udp`: a
+// UDP session must end somehow, and one that saw no datagram for this long
+// is over for any protocol an operator would balance from the command line.
+const udpClientIdle = "30s"
 
 func policyOrDefault(p string) string {
 	if p == "" {
@@ -166,23 +204,40 @@ func policyOrDefault(p string) string {
 // error naming the flag at fault.
 func BuildConfig(o Options) (*caddy.Config, error) {
 	switch strings.ToLower(o.Protocol) {
-	case "", "tcp":
-	case "udp":
-		return nil, fmt.Errorf("--protocol udp: udp is not supported yet")
+	case "", "tcp", "udp":
 	default:
 		return nil, fmt.Errorf("--protocol %q: want tcp or udp", o.Protocol)
+	}
+	isUDP := udp(o.Protocol)
+	if !isUDP {
+		if o.UDPMaxRequests != 0 {
+			return nil, fmt.Errorf("--udp-max-requests: only with --protocol udp")
+		}
+		if o.UDPMaxResponses != 0 {
+			return nil, fmt.Errorf("--udp-max-responses: only with --protocol udp")
+		}
+	}
+	if o.UDPMaxRequests < 0 {
+		return nil, fmt.Errorf("--udp-max-requests %d: must not be negative", o.UDPMaxRequests)
+	}
+	if o.UDPMaxResponses < 0 {
+		return nil, fmt.Errorf("--udp-max-responses %d: must not be negative", o.UDPMaxResponses)
 	}
 
 	if strings.TrimSpace(o.Listen) == "" {
 		return nil, fmt.Errorf("--listen: empty address")
 	}
-	listen := listenAddr(o.Listen)
+	listen := listenAddr(o.Listen, isUDP)
 	na, err := caddy.ParseNetworkAddress(listen)
 	if err != nil {
 		return nil, fmt.Errorf("--listen %q: %v", o.Listen, err)
 	}
-	if strings.HasPrefix(na.Network, "udp") {
-		return nil, fmt.Errorf("--listen %q: udp is not supported yet", o.Listen)
+	udpNetwork := strings.HasPrefix(na.Network, "udp") || na.Network == "between+udp"
+	switch {
+	case udpNetwork && !isUDP:
+		return nil, fmt.Errorf("--listen %q: a UDP address needs --protocol udp", o.Listen)
+	case isUDP && !udpNetwork:
+		return nil, fmt.Errorf("--listen %q: --protocol udp needs a UDP address (host:port, between+udp/, udp/, udp4/ or udp6/)", o.Listen)
 	}
 	if !na.IsUnixNetwork() && !na.IsFdNetwork() && na.StartPort == 0 {
 		return nil, fmt.Errorf("--listen %q: want host:port with a port (e.g. :3000)", o.Listen)
@@ -215,8 +270,11 @@ func BuildConfig(o Options) (*caddy.Config, error) {
 		"discovery": map[string]any{"kind": "static", "static_list": o.To},
 	}
 	switch o.Healthcheck {
-	case "":
+	case "", "none":
 	case "ping":
+		if isUDP {
+			return nil, fmt.Errorf("--healthcheck ping: a TCP connect says nothing about a UDP backend, so it cannot check one; with --protocol udp use --healthcheck none (the default), or a config file for a probe or exec check")
+		}
 		interval := o.HealthcheckInterval
 		if interval == 0 {
 			interval = 2 * time.Second
@@ -226,10 +284,26 @@ func BuildConfig(o Options) (*caddy.Config, error) {
 		}
 		handler["healthcheck"] = map[string]any{"kind": "ping", "interval": interval.String()}
 	default:
-		return nil, fmt.Errorf("--healthcheck %q: only ping is supported by caddy lb (use a config file for probe, exec or http)", o.Healthcheck)
+		return nil, fmt.Errorf("--healthcheck %q: only none and ping are supported by caddy lb (use a config file for probe, exec or http)", o.Healthcheck)
 	}
 	if o.SNI {
+		if isUDP {
+			return nil, fmt.Errorf("--sni: SNI is read from a TLS ClientHello over TCP; not with --protocol udp")
+		}
 		handler["sni"] = map[string]any{}
+	}
+	if isUDP {
+		handler["client_idle_timeout"] = udpClientIdle
+		limits := map[string]any{}
+		if o.UDPMaxRequests > 0 {
+			limits["max_requests"] = o.UDPMaxRequests
+		}
+		if o.UDPMaxResponses > 0 {
+			limits["max_responses"] = o.UDPMaxResponses
+		}
+		if len(limits) > 0 {
+			handler["udp"] = limits
+		}
 	}
 
 	layer4, err := json.Marshal(map[string]any{"servers": map[string]any{

@@ -56,6 +56,34 @@ func TestBuildConfig(t *testing.T) {
 				"routes":[{"handle":[{"handler":"between","name":"lb","balance":{"policy":"first"},
 					"discovery":{"kind":"static","static_list":["[::1]:8001"]}}]}]}}}}}`,
 		},
+		{
+			name: "udp, bare listen address: between+udp and a 30s idle end",
+			opts: Options{Listen: "127.0.0.1:5353", To: []string{"127.0.0.1:53", "127.0.0.2:53"}, Protocol: "udp"},
+			want: `{"admin":{"config":{"persist":false}},` + noAccessLog + `,"apps":{"layer4":{"servers":{"lb":{
+				"listen":["between+udp/127.0.0.1:5353"],
+				"routes":[{"handle":[{"handler":"between","name":"lb","balance":{"policy":"roundrobin"},
+					"discovery":{"kind":"static","static_list":["127.0.0.1:53","127.0.0.2:53"]},
+					"client_idle_timeout":"30s"}]}]}}}}}`,
+		},
+		{
+			name: "udp limits, explicit udp/ network, healthcheck none",
+			opts: Options{Listen: "udp/[::1]:5353", To: []string{"[::1]:53"}, Protocol: "UDP", UDPMaxRequests: 3, UDPMaxResponses: 1,
+				Healthcheck: "none", Balance: "iphash"},
+			want: `{"admin":{"config":{"persist":false}},` + noAccessLog + `,"apps":{"layer4":{"servers":{"lb":{
+				"listen":["udp/[::1]:5353"],
+				"routes":[{"handle":[{"handler":"between","name":"lb","balance":{"policy":"iphash"},
+					"discovery":{"kind":"static","static_list":["[::1]:53"]},
+					"client_idle_timeout":"30s","udp":{"max_requests":3,"max_responses":1}}]}]}}}}}`,
+		},
+		{
+			name: "udp fire-and-forget on between+udp",
+			opts: Options{Listen: "between+udp/:514", To: []string{"10.0.0.1:514"}, Protocol: "udp", UDPMaxRequests: 1},
+			want: `{"admin":{"config":{"persist":false}},` + noAccessLog + `,"apps":{"layer4":{"servers":{"lb":{
+				"listen":["between+udp/:514"],
+				"routes":[{"handle":[{"handler":"between","name":"lb","balance":{"policy":"roundrobin"},
+					"discovery":{"kind":"static","static_list":["10.0.0.1:514"]},
+					"client_idle_timeout":"30s","udp":{"max_requests":1}}]}]}}}}}`,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := BuildConfig(tc.opts)
@@ -97,13 +125,21 @@ func TestBuildConfigErrors(t *testing.T) {
 		{"backend bad attribute", func(o *Options) { o.To = []string{"127.0.0.1:1 colour=red"} }, `unknown attribute "colour"`},
 		{"empty backend", func(o *Options) { o.To = []string{"  "} }, "empty backend line"},
 		{"unknown policy", func(o *Options) { o.Balance = "random" }, `--balance "random": unknown policy (want one of weight, roundrobin, iphash, iphash1, leastconn, leastbandwidth, first)`},
-		{"udp protocol", func(o *Options) { o.Protocol = "udp" }, "udp is not supported yet"},
-		{"udp listen", func(o *Options) { o.Listen = "udp/:53" }, "udp is not supported yet"},
+		{"udp listen with tcp", func(o *Options) { o.Listen = "udp/:53" }, `--listen "udp/:53": a UDP address needs --protocol udp`},
+		{"between+udp listen with tcp", func(o *Options) { o.Listen = "between+udp/:53" }, "a UDP address needs --protocol udp"},
+		{"tcp listen with udp", func(o *Options) { o.Protocol = "udp"; o.Listen = "tcp/:53" }, `--listen "tcp/:53": --protocol udp needs a UDP address`},
+		{"unix listen with udp", func(o *Options) { o.Protocol = "udp"; o.Listen = "unix//tmp/x.sock" }, "--protocol udp needs a UDP address"},
+		{"udp ping", func(o *Options) { o.Protocol = "udp"; o.Healthcheck = "ping" }, "--healthcheck ping: a TCP connect says nothing about a UDP backend"},
+		{"udp sni", func(o *Options) { o.Protocol = "udp"; o.SNI = true }, "--sni: SNI is read from a TLS ClientHello over TCP"},
+		{"udp max requests on tcp", func(o *Options) { o.UDPMaxRequests = 1 }, "--udp-max-requests: only with --protocol udp"},
+		{"udp max responses on tcp", func(o *Options) { o.UDPMaxResponses = 1 }, "--udp-max-responses: only with --protocol udp"},
+		{"udp negative requests", func(o *Options) { o.Protocol = "udp"; o.UDPMaxRequests = -1 }, "--udp-max-requests -1: must not be negative"},
+		{"udp negative responses", func(o *Options) { o.Protocol = "udp"; o.UDPMaxResponses = -2 }, "--udp-max-responses -2: must not be negative"},
 		{"bad protocol", func(o *Options) { o.Protocol = "sctp" }, `--protocol "sctp": want tcp or udp`},
 		{"listen without port", func(o *Options) { o.Listen = "localhost" }, `--listen "localhost": want host:port`},
 		{"listen bad port", func(o *Options) { o.Listen = ":99999" }, `--listen ":99999"`},
 		{"empty listen", func(o *Options) { o.Listen = "" }, "--listen: empty address"},
-		{"other healthcheck", func(o *Options) { o.Healthcheck = "probe" }, `--healthcheck "probe": only ping`},
+		{"other healthcheck", func(o *Options) { o.Healthcheck = "probe" }, `--healthcheck "probe": only none and ping`},
 		{"negative interval", func(o *Options) { o.Healthcheck = "ping"; o.HealthcheckInterval = -time.Second }, "--healthcheck-interval -1s: must be positive"},
 		{"bad admin", func(o *Options) { o.Admin = "localhost:abc" }, `--admin "localhost:abc"`},
 	} {

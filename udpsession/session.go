@@ -465,6 +465,16 @@ func (vs *vsession) readReplies() {
 		now := time.Now().UnixNano()
 		vs.last.Store(now)
 		s.last.Store(now)
+		complete := false
+		if maxResponses > 0 {
+			vs.mu.Lock()
+			vs.replies++
+			if vs.replies >= maxResponses*vs.sent {
+				vs.done = true
+				complete = true
+			}
+			vs.mu.Unlock()
+		}
 		if _, err := s.c.Write(buf[:n]); err != nil {
 			s.ctr.Dropped[ClientGone].Add(1)
 		} else {
@@ -472,15 +482,8 @@ func (vs *vsession) readReplies() {
 			vs.b.Stats.AddRx(int64(n))
 			s.total.AddRx(int64(n))
 		}
-		if maxResponses > 0 {
-			vs.mu.Lock()
-			vs.replies++
-			if vs.replies >= maxResponses*vs.sent {
-				vs.done = true
-				vs.mu.Unlock()
-				return
-			}
-			vs.mu.Unlock()
+		if complete {
+			return
 		}
 	}
 }
