@@ -171,6 +171,7 @@ func (s *Scheduler) checkCopy(b *backend.Backend) backend.Backend {
 	c := *b
 	if s.port != "" {
 		c.Port = s.port
+		c.Freeze() // b's cached address has its own port; checkers dial Address()
 	}
 	return c
 }

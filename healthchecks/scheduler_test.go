@@ -42,7 +42,8 @@ func (f *fakeChecker) Check(ctx context.Context, b *backend.Backend) error {
 	if ctx.Err() == nil {
 		f.lives[b.Host]++
 	}
-	f.ports[b.Host] = b.Port
+	// checkers dial b.Address(): the port must be right there, not only in b.Port
+	_, f.ports[b.Host], _ = net.SplitHostPort(b.Address())
 	f.mu.Unlock()
 	return f.fn(ctx, b, n)
 }
@@ -119,6 +120,7 @@ func backends(hosts ...string) []*backend.Backend {
 	out := make([]*backend.Backend, len(hosts))
 	for i, h := range hosts {
 		out[i] = &backend.Backend{Host: h, Port: "80", Weight: 1, Priority: 1}
+		out[i].Freeze() // as the handler's backends are
 	}
 	return out
 }
