@@ -14,6 +14,7 @@ import (
 
 	// every Between module registers itself in init
 	_ "github.com/caddy-between/between/balancers"
+	_ "github.com/caddy-between/between/configload"
 	_ "github.com/caddy-between/between/discovery"
 	_ "github.com/caddy-between/between/gobetween"
 	_ "github.com/caddy-between/between/healthchecks"
@@ -21,4 +22,5 @@ import (
 	_ "github.com/caddy-between/between/l4handler"
 	_ "github.com/caddy-between/between/lbcmd"
 	_ "github.com/caddy-between/between/listeners"
+	_ "github.com/caddy-between/between/sharedstorage"
 )

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddy-between/between/backend"
+	"github.com/caddy-between/between/internal/clienttls"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/hashicorp/consul/api"
@@ -196,7 +197,7 @@ func (c *Consul) Provision(ctx caddy.Context) error {
 // from the PEM files (each may be "").
 func consulTLS(addr, certPath, keyPath, caPath string) (*tls.Config, error) {
 	host, _, _ := net.SplitHostPort(addr)
-	return clientTLS("consul", host, certPath, keyPath, caPath)
+	return clienttls.Config("consul_tls_", host, certPath, keyPath, caPath)
 }
 
 // splitConsulHost splits consul_host into its scheme ("" when none is

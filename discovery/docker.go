@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/caddy-between/between/backend"
+	"github.com/caddy-between/between/internal/clienttls"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
@@ -158,7 +159,7 @@ func (s *Docker) Provision(ctx caddy.Context) error {
 
 // tlsConfig loads the client certificate and the CA named by the TLS fields.
 func (s *Docker) tlsConfig(serverName string) (*tls.Config, error) {
-	return clientTLS("docker", serverName, s.DockerTLSCertPath, s.DockerTLSKeyPath, s.DockerTLSCACertPath)
+	return clienttls.Config("docker_tls_", serverName, s.DockerTLSCertPath, s.DockerTLSKeyPath, s.DockerTLSCACertPath)
 }
 
 // Validate checks the settings.

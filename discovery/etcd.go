@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddy-between/between/backend"
+	"github.com/caddy-between/between/internal/clienttls"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -117,7 +118,7 @@ func (e *Etcd) Provision(ctx caddy.Context) error {
 	if !e.usesTLS() {
 		return nil
 	}
-	cfg, err := clientTLS("etcd", "", repl.ReplaceKnown(e.TLSCertPath, ""), repl.ReplaceKnown(e.TLSKeyPath, ""), repl.ReplaceKnown(e.TLSCACertPath, ""))
+	cfg, err := clienttls.Config("etcd_tls_", "", repl.ReplaceKnown(e.TLSCertPath, ""), repl.ReplaceKnown(e.TLSKeyPath, ""), repl.ReplaceKnown(e.TLSCACertPath, ""))
 	if err != nil {
 		return err
 	}
