@@ -6,6 +6,7 @@ package backend
 
 import (
 	"net"
+	"net/netip"
 	"strconv"
 )
 
@@ -33,7 +34,9 @@ type Backend struct {
 	// only parsed; the server that uses it attaches shared Stats.
 	Stats *Stats
 
-	addr string // Address, cached by Freeze
+	addr    string         // Address, cached by Freeze
+	ap      netip.AddrPort // Host and Port when Host is an IP literal, cached by Freeze
+	udpAddr *net.UDPAddr   // ap as a *net.UDPAddr, cached by Freeze
 }
 
 // Address returns the backend's identity, "host:port" (IPv6 hosts bracketed).
@@ -45,10 +48,37 @@ func (b *Backend) Address() string {
 }
 
 // Freeze caches the backend's address, so that Address does not allocate on
-// the connection path. Call it once the backend's Host and Port are final,
+// the connection path, and, when Host is an IP literal, its parsed form for
+// AddrPort and UDPAddr. Call it once the backend's Host and Port are final,
 // before other goroutines read it.
 func (b *Backend) Freeze() {
 	b.addr = net.JoinHostPort(b.Host, b.Port)
+	b.ap, b.udpAddr = netip.AddrPort{}, nil
+	ip, err := netip.ParseAddr(b.Host)
+	if err != nil {
+		return // a name: dial it by Address, which resolves it
+	}
+	port, err := strconv.ParseUint(b.Port, 10, 16)
+	if err != nil {
+		return
+	}
+	b.ap = netip.AddrPortFrom(ip, uint16(port))
+	b.udpAddr = net.UDPAddrFromAddrPort(b.ap)
+}
+
+// AddrPort returns the backend's address parsed, cached by Freeze; ok is
+// false when Host is not an IP literal (a name to resolve) or the backend
+// was not frozen.
+func (b *Backend) AddrPort() (ap netip.AddrPort, ok bool) {
+	return b.ap, b.ap.IsValid()
+}
+
+// UDPAddr returns the backend's address as a *net.UDPAddr, cached by Freeze,
+// so that a UDP socket can be dialled without parsing or resolving
+// (net.DialUDP); nil when Host is not an IP literal or the backend was not
+// frozen. The value is shared: callers must not modify it.
+func (b *Backend) UDPAddr() *net.UDPAddr {
+	return b.udpAddr
 }
 
 // String returns the backend in gobetween line form, the inverse of Parse.

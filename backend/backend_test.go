@@ -249,3 +249,47 @@ func TestTryAddActive(t *testing.T) {
 		}
 	}
 }
+
+func TestFreezeCachesIPLiteral(t *testing.T) {
+	for _, tt := range []struct {
+		host, port string
+		want       string // AddrPort, "" = none
+	}{
+		{"127.0.0.1", "53", "127.0.0.1:53"},
+		{"::1", "5353", "[::1]:5353"},
+		{"fe80::1%eth0", "53", "[fe80::1%eth0]:53"},
+		{"dns.example", "53", ""},
+		{"127.0.0.1", "99999", ""},
+		{"127.0.0.1", "http", ""},
+	} {
+		b := &Backend{Host: tt.host, Port: tt.port}
+		if _, ok := b.AddrPort(); ok || b.UDPAddr() != nil {
+			t.Errorf("%s:%s: parsed form before Freeze", tt.host, tt.port)
+		}
+		b.Freeze()
+		ap, ok := b.AddrPort()
+		ua := b.UDPAddr()
+		if tt.want == "" {
+			if ok || ua != nil {
+				t.Errorf("%s:%s: AddrPort %v %v, UDPAddr %v; want none", tt.host, tt.port, ap, ok, ua)
+			}
+			continue
+		}
+		if !ok || ap.String() != tt.want {
+			t.Errorf("%s:%s: AddrPort %v %v, want %s", tt.host, tt.port, ap, ok, tt.want)
+		}
+		if ua == nil || ua.AddrPort() != ap {
+			t.Errorf("%s:%s: UDPAddr %v, want %s", tt.host, tt.port, ua, tt.want)
+		}
+		// a copy given another port and frozen again gets its own
+		c := *b
+		c.Port = "1"
+		c.Freeze()
+		if cp, _ := c.AddrPort(); cp.Port() != 1 || c.UDPAddr() == b.UDPAddr() {
+			t.Errorf("%s: refrozen copy: %v %v", tt.host, cp, c.UDPAddr())
+		}
+		if ap2, _ := b.AddrPort(); ap2 != ap {
+			t.Errorf("%s: the original changed to %v", tt.host, ap2)
+		}
+	}
+}

@@ -37,3 +37,21 @@ func BenchmarkForwarderSend(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkServeNewSession relays one request and its reply per op with
+// max_responses 1 (DNS-style): every request starts a new virtual session,
+// on a socket of its own or a parked one reused.
+func BenchmarkServeNewSession(b *testing.B) {
+	echo := startEcho(b, 1, false)
+	r := startServe(b, &Config{MaxResponses: 1, ClientIdle: time.Minute}, newElector(echo.b))
+	req := make([]byte, 64)
+	r.exchange(b, string(req))
+	b.SetBytes(int64(len(req)))
+	b.ReportAllocs()
+	for b.Loop() {
+		r.c.in <- req
+		r.c.free <- <-r.c.out
+	}
+	b.StopTimer()
+	r.stop(b)
+}

@@ -17,7 +17,10 @@
 //     and sent through a Forwarder's shared socket to the backend; replies
 //     are dropped.
 //   - max_responses M: a virtual session ends once it has relayed M replies
-//     for each datagram it sent, then closes its socket and frees the backend.
+//     for each datagram it sent, then frees the backend and parks its socket
+//     for the client's next virtual session to the same backend (at most 4
+//     per client session, closed after the idle timeout), so a DNS-style
+//     client costs no socket or goroutine per request.
 //   - idle (the smaller non-zero of the client and backend idle timeouts): a
 //     virtual session ends when nothing moved through it for that long, and
 //     the client session ends when nothing moved either way for that long.

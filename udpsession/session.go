@@ -115,7 +115,7 @@ func (r Reason) String() string {
 // survive config reloads; every field is an atomic.
 type Counters struct {
 	// Sessions is the number of virtual sessions open now (fire-and-forget
-	// datagrams open none).
+	// datagrams open none; a socket parked for reuse is not one).
 	Sessions atomic.Int64
 	// PacketsIn counts datagrams relayed client -> backend.
 	PacketsIn atomic.Uint64
@@ -140,6 +140,10 @@ const maxAttempts = 32
 // long as the client session lasts.
 const drainTimeout = 30 * time.Second
 
+// maxParked is how many completed virtual sessions' sockets a client
+// session keeps for reuse; parking one more closes the oldest.
+const maxParked = 4
+
 // errNoForwarder is Serve's answer to a fire-and-forget Config without one.
 var errNoForwarder = errors.New("udpsession: max_requests 1 without transparent needs Config.Forwarder")
 
@@ -154,6 +158,18 @@ var errNoForwarder = errors.New("udpsession: max_requests 1 without transparent 
 // caller's goroutine plus one per open virtual session (its reply reader)
 // and allocates nothing per datagram once a virtual session is open: the
 // client session and each virtual session hold one pooled 64 KiB buffer.
+//
+// A virtual session that completed (max_responses replies for each of its
+// requests) does not close its socket: it releases its backend and parks
+// the socket and its reader in the client session (at most maxParked, the
+// oldest closed first), and the next virtual session to the same backend
+// reuses them, so a DNS-style client (max_responses 1) opens no socket and
+// starts no goroutine per request. A parked socket relays nothing: a late
+// reply (a backend answering more than max_responses times) that arrives
+// while it is parked is discarded; one that arrives after the socket was
+// reused is taken for a reply to the new request, as it would be on a
+// socket that takes several requests. A parked socket closes after the idle
+// timeout (30s without one), and when Serve returns.
 func Serve(c Conn, client netip.AddrPort, cfg *Config, el Elector, ctr *Counters, total *backend.Stats) error {
 	if cfg.MaxRequests == 1 && !cfg.Transparent && cfg.Forwarder == nil {
 		return errNoForwarder
@@ -208,27 +224,38 @@ type session struct {
 	cur      *vsession           // the virtual session taking requests, if any
 	triedBuf [4]*backend.Backend // backing store of tried, so a failure or two allocate nothing
 	wg       sync.WaitGroup      // reply readers
-	mu       sync.Mutex          // guards open
-	open     []*vsession         // virtual sessions whose reader runs
+
+	// mu guards open, parked, nparked, closing and every vsession's cached.
+	// It is taken before a vsession's mu when both are held.
+	mu      sync.Mutex
+	open    []*vsession          // virtual sessions whose reader runs, parked ones included
+	parked  [maxParked]*vsession // completed virtual sessions kept for reuse, oldest first
+	nparked int                  // parked[:nparked] are in use
+	closing bool                 // closeAll ran: park nothing more
 }
 
 // vsession is one virtual session: a backend, a socket connected to it, and
-// the goroutine relaying its replies.
+// the goroutine relaying its replies. Once complete it may be parked and
+// reused by a later virtual session to the same backend: the socket, the
+// reader and this struct carry over, the counts start again.
 type vsession struct {
-	s    *session
-	b    *backend.Backend
-	conn *net.UDPConn
-	idx  int          // position in s.open, guarded by s.mu
-	last atomic.Int64 // unix nanoseconds of the last datagram through it
+	s      *session
+	b      *backend.Backend // fixed for the socket's life: a parked socket is reused only for b
+	conn   *net.UDPConn
+	idx    int          // position in s.open, guarded by s.mu
+	cached bool         // in s.parked, guarded by s.mu
+	last   atomic.Int64 // unix nanoseconds of the last datagram through it
 
 	// mu makes "take a request" (send) and "finish" (the reader deciding
 	// the session is complete or idle) exclusive, so a datagram is never
-	// sent on a session that is finishing: once done is set, the socket is
-	// closed and nothing is written to it again.
+	// sent on a session that is finishing: once done is set, nothing is
+	// written to the socket until the session is taken out of the parked
+	// ones for reuse (which clears done), and never once it is closing.
 	mu      sync.Mutex
 	sent    int  // requests taken
 	replies int  // replies relayed
-	done    bool // finished: takes no requests
+	done    bool // finished: takes no requests; replies read are discarded
+	parked  bool // completed and b released; set by the reader, cleared on reuse
 }
 
 // relay sends one client datagram: on the current virtual session if it
@@ -256,12 +283,15 @@ func (s *session) relay(p []byte) {
 			s.drop(tried)
 			return
 		}
-		vs, err := s.dial(b)
-		if err != nil {
-			s.el.Failed(b, err)
-			b.Release()
-			tried = append(tried, b)
-			continue
+		vs := s.reuse(b)
+		if vs == nil {
+			vs, err = s.dial(b)
+			if err != nil {
+				s.el.Failed(b, err)
+				b.Release()
+				tried = append(tried, b)
+				continue
+			}
 		}
 		ok, err := s.send(vs, p)
 		if ok {
@@ -271,8 +301,9 @@ func (s *session) relay(p []byte) {
 			clear(s.triedBuf[:])
 			return
 		}
-		// A fresh session always takes its first request, so this is a
-		// send error; the reader releases b once the socket is closed.
+		// A fresh or reused session always takes its first request, so
+		// this is a send error; the reader releases b once the socket is
+		// closed.
 		s.el.Failed(b, err)
 		tried = append(tried, b)
 	}
@@ -309,15 +340,17 @@ func (s *session) send(vs *vsession, p []byte) (bool, error) {
 		return false, err
 	}
 	vs.sent++
-	vs.last.Store(time.Now().UnixNano())
-	retired := s.cfg.MaxRequests > 0 && vs.sent >= s.cfg.MaxRequests
+	now := time.Now()
+	vs.last.Store(now.UnixNano())
+	if s.idle == 0 && s.cfg.MaxRequests > 0 && vs.sent >= s.cfg.MaxRequests {
+		// Retired: wait for its replies, not forever. Under mu, ordered
+		// with the reader's own deadline moves (idledOut).
+		vs.conn.SetReadDeadline(now.Add(drainTimeout))
+	}
 	vs.mu.Unlock()
 	s.ctr.PacketsIn.Add(1)
 	vs.b.Stats.AddTx(int64(n))
 	s.total.AddTx(int64(n))
-	if retired && s.idle == 0 {
-		vs.conn.SetReadDeadline(time.Now().Add(drainTimeout))
-	}
 	return true, nil
 }
 
@@ -346,6 +379,39 @@ func (s *session) dial(b *backend.Backend) (*vsession, error) {
 	return vs, nil
 }
 
+// reuse takes a parked virtual session to b (acquired by the election), the
+// oldest, and starts a new virtual session on it; nil if none is parked.
+func (s *session) reuse(b *backend.Backend) *vsession {
+	s.mu.Lock()
+	if s.nparked == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	var vs *vsession
+	for _, p := range s.parked[:s.nparked] {
+		if p.b == b {
+			vs = p
+			break
+		}
+	}
+	if vs == nil {
+		s.mu.Unlock()
+		return nil
+	}
+	s.uncache(vs)
+	// Under s.mu too: the reader cannot be deciding to close it as idle.
+	vs.mu.Lock()
+	vs.parked, vs.done = false, false
+	vs.sent, vs.replies = 0, 0
+	vs.last.Store(time.Now().UnixNano())
+	vs.mu.Unlock()
+	s.mu.Unlock()
+	s.ctr.Sessions.Add(1)
+	b.Stats.AddTotal()
+	s.total.AddTotal()
+	return vs
+}
+
 // dialBackend opens a UDP socket connected to b: from the client's address
 // in transparent mode, else from an ephemeral port of this host.
 func (s *session) dialBackend(b *backend.Backend) (*net.UDPConn, error) {
@@ -357,6 +423,10 @@ func (s *session) dialBackend(b *backend.Backend) (*net.UDPConn, error) {
 			defer cancel()
 		}
 		return DialTransparent(ctx, s.client, b.Address())
+	}
+	if ua := b.UDPAddr(); ua != nil {
+		// An IP literal, parsed once by Freeze: no parsing, no resolution.
+		return net.DialUDP("udp", nil, ua)
 	}
 	return dialUDP(b.Address(), s.cfg.DialTimeout)
 }
@@ -425,10 +495,16 @@ func (s *session) sendTransparent(b *backend.Backend, p []byte) error {
 	return err
 }
 
-// closeAll closes every virtual session's socket and waits for their
-// readers, which release the backends.
+// closeAll closes every virtual session's socket, parked ones included,
+// and waits for their readers, which release the backends still held.
 func (s *session) closeAll() {
 	s.mu.Lock()
+	s.closing = true
+	for _, vs := range s.parked[:s.nparked] {
+		vs.cached = false
+	}
+	clear(s.parked[:])
+	s.nparked = 0
 	for _, vs := range s.open {
 		vs.conn.Close()
 	}
@@ -438,36 +514,39 @@ func (s *session) closeAll() {
 }
 
 // readReplies relays the backend's replies to the client until the virtual
-// session completes (max_responses), idles out, or its socket is closed or
-// fails; then it ends the session.
+// session idles out or its socket is closed or fails; then it ends the
+// session. A virtual session that completes (max_responses) is parked for
+// reuse and the reader goes on, discarding what it reads until the socket
+// is reused, closed, or idles out parked.
 func (vs *vsession) readReplies() {
 	s := vs.s
 	bp := bufPool.Get().(*[]byte)
-	defer vs.end(bp)
+	var err error
+	defer func() { vs.end(bp, err) }()
 	buf := *bp
 	maxResponses := s.cfg.MaxResponses
 	for {
-		n, err := vs.conn.Read(buf)
+		var n int
+		n, err = vs.conn.Read(buf)
 		if err != nil {
 			if isTimeout(err) {
 				if vs.idledOut() {
+					err = nil
 					return
 				}
 				continue
 			}
-			if !errors.Is(err, net.ErrClosed) {
-				// An ICMP error (port unreachable: ECONNREFUSED) for what
-				// was sent: the backend is not there.
-				s.el.Failed(vs.b, err)
-			}
 			return
 		}
-		now := time.Now().UnixNano()
-		vs.last.Store(now)
-		s.last.Store(now)
 		complete := false
 		if maxResponses > 0 {
 			vs.mu.Lock()
+			if vs.done {
+				// Parked (or failed): a late reply to a request whose
+				// replies were all relayed. Discarded; it is no activity.
+				vs.mu.Unlock()
+				continue
+			}
 			vs.replies++
 			if vs.replies >= maxResponses*vs.sent {
 				vs.done = true
@@ -475,6 +554,9 @@ func (vs *vsession) readReplies() {
 			}
 			vs.mu.Unlock()
 		}
+		now := time.Now().UnixNano()
+		vs.last.Store(now)
+		s.last.Store(now)
 		if _, err := s.c.Write(buf[:n]); err != nil {
 			s.ctr.Dropped[ClientGone].Add(1)
 		} else {
@@ -482,43 +564,123 @@ func (vs *vsession) readReplies() {
 			vs.b.Stats.AddRx(int64(n))
 			s.total.AddRx(int64(n))
 		}
-		if complete {
+		if complete && !vs.park() {
 			return
 		}
 	}
 }
 
-// idledOut is called when the reader's deadline fired: it reports whether
-// the session is over (marking it done), else moves the deadline to the
-// idle time after the last datagram through it.
-func (vs *vsession) idledOut() bool {
-	idle := vs.s.idle
+// park keeps a complete virtual session's socket and reader for reuse: it
+// releases the backend and puts the session in s.parked, closing the oldest
+// parked one if full. It reports false, and parks nothing, once Serve is
+// closing; the reader then ends the session.
+func (vs *vsession) park() bool {
+	s := vs.s
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return false
+	}
+	var evicted *vsession
+	if s.nparked == maxParked {
+		evicted = s.parked[0]
+		evicted.cached = false
+		copy(s.parked[:], s.parked[1:])
+		s.nparked--
+	}
 	vs.mu.Lock()
-	if idle == 0 {
-		// The only deadline without an idle timeout is the drain one.
-		vs.done = true
-		vs.mu.Unlock()
-		return true
-	}
-	last := time.Unix(0, vs.last.Load())
-	if time.Since(last) >= idle {
-		vs.done = true
-		vs.mu.Unlock()
-		return true
-	}
+	vs.parked = true
 	vs.mu.Unlock()
-	vs.conn.SetReadDeadline(last.Add(idle))
-	return false
+	// The deadline closes it if it stays parked; set before it can be
+	// reused, so it cannot undo the reused session's own deadline.
+	timeout := s.idle
+	if timeout == 0 {
+		timeout = drainTimeout
+	}
+	vs.conn.SetReadDeadline(time.Unix(0, vs.last.Load()).Add(timeout))
+	// Released before it can be reused: reuse follows an election that
+	// acquired b anew.
+	vs.b.Release()
+	s.ctr.Sessions.Add(-1)
+	vs.cached = true
+	s.parked[s.nparked] = vs
+	s.nparked++
+	s.mu.Unlock()
+	if evicted != nil {
+		evicted.conn.Close() // its reader ends it
+	}
+	return true
 }
 
-// end closes the virtual session and releases what it holds.
-func (vs *vsession) end(bp *[]byte) {
+// idledOut is called when the reader's deadline fired: it reports whether
+// the session is over (marking it done and taking it out of the parked
+// ones), else moves the deadline to the idle time after the last datagram
+// through it. Without an idle timeout, the drain timeout applies to a
+// session that takes no more requests and to a parked one; a session that
+// still takes requests (a reused one whose parked deadline fired) has none.
+func (vs *vsession) idledOut() bool {
 	s := vs.s
+	timeout := s.idle
+	if timeout == 0 {
+		timeout = drainTimeout
+	}
+	s.mu.Lock() // s.mu before vs.mu: reuse takes both
+	vs.mu.Lock()
+	last := time.Unix(0, vs.last.Load())
+	taking := !vs.parked && !vs.done && (s.cfg.MaxRequests == 0 || vs.sent < s.cfg.MaxRequests)
+	// The deadline moves under the locks, so that it is ordered with the
+	// one send sets when the session retires.
+	switch {
+	case vs.parked && !vs.cached:
+		// evicted or closing: its socket is closed already
+	case s.idle == 0 && taking:
+		vs.conn.SetReadDeadline(time.Time{})
+		vs.mu.Unlock()
+		s.mu.Unlock()
+		return false
+	case time.Since(last) < timeout:
+		vs.conn.SetReadDeadline(last.Add(timeout))
+		vs.mu.Unlock()
+		s.mu.Unlock()
+		return false
+	}
+	vs.done = true
+	vs.mu.Unlock()
+	if vs.cached {
+		s.uncache(vs) // before s.mu is let go: it must not be reused now
+	}
+	s.mu.Unlock()
+	return true
+}
+
+// uncache takes vs out of s.parked. s.mu must be held.
+func (s *session) uncache(vs *vsession) {
+	vs.cached = false
+	for i, p := range s.parked[:s.nparked] {
+		if p == vs {
+			copy(s.parked[i:], s.parked[i+1:s.nparked])
+			s.nparked--
+			s.parked[s.nparked] = nil
+			return
+		}
+	}
+}
+
+// end closes the virtual session and releases what it holds: the backend
+// unless it was parked (released then). err is the read error that ended
+// it, if any: an ICMP error (port unreachable: ECONNREFUSED) for what was
+// sent is reported as a failure of the backend, unless the session was
+// parked (it owes no reply).
+func (vs *vsession) end(bp *[]byte, err error) {
+	s := vs.s
+	s.mu.Lock()
+	if vs.cached {
+		s.uncache(vs)
+	}
 	vs.mu.Lock()
 	vs.done = true // no send may start on a socket about to close
+	parked := vs.parked
 	vs.mu.Unlock()
-	vs.conn.Close()
-	s.mu.Lock()
 	last := len(s.open) - 1
 	moved := s.open[last]
 	s.open[vs.idx] = moved
@@ -526,8 +688,14 @@ func (vs *vsession) end(bp *[]byte) {
 	s.open[last] = nil
 	s.open = s.open[:last]
 	s.mu.Unlock()
-	vs.b.Release()
-	s.ctr.Sessions.Add(-1)
+	vs.conn.Close()
+	if !parked {
+		if err != nil && !errors.Is(err, net.ErrClosed) {
+			s.el.Failed(vs.b, err)
+		}
+		vs.b.Release()
+		s.ctr.Sessions.Add(-1)
+	}
 	bufPool.Put(bp)
 	s.wg.Done()
 }

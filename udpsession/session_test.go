@@ -472,8 +472,13 @@ func TestServeLimits(t *testing.T) {
 				}
 				waitFor(t, 3*time.Second, "the session to end after 2 replies", func() bool { return r.ctr.Sessions.Load() == 0 })
 			}
-			if got := echoes[0].sourceCounts(); !slices.Equal(got, []int{1, 1, 1, 1, 1}) {
-				t.Errorf("datagrams per session %v, want one each in 5", got)
+			// five virtual sessions, one datagram each, on one socket
+			// parked and reused
+			if st := echoes[0].b.Stats.Snapshot(); st.Total != 5 || st.Active != 0 {
+				t.Errorf("backend stats %+v, want 5 virtual sessions, none active", st)
+			}
+			if got := echoes[0].sourceCounts(); !slices.Equal(got, []int{5}) {
+				t.Errorf("datagrams per socket %v, want 5 on one reused socket", got)
 			}
 			// back to back: every datagram gets both its replies
 			for i := range 20 {
@@ -498,16 +503,9 @@ func TestServeLimits(t *testing.T) {
 				r.c.recv(t, 3*time.Second)
 			}
 			waitFor(t, 3*time.Second, "every virtual session to complete", func() bool { return r.ctr.Sessions.Load() == 0 })
-			sessions := len(echoes[0].sourceCounts()) + len(echoes[1].sourceCounts())
-			if sessions < 5 {
-				t.Errorf("%d virtual sessions for 10 datagrams, want at least 5", sessions)
-			}
-			for _, e := range echoes {
-				for _, n := range e.sourceCounts() {
-					if n > 2 {
-						t.Errorf("a session took %d datagrams, want at most 2", n)
-					}
-				}
+			// sockets are reused, so sessions are counted, not sockets
+			if n := r.total.Snapshot().Total; n < 5 {
+				t.Errorf("%d virtual sessions for 10 datagrams, want at least 5", n)
 			}
 		},
 	}}
@@ -865,4 +863,201 @@ func TestServeZeroAlloc(t *testing.T) {
 		t.Errorf("%v allocations per request and reply", a)
 	}
 	r.stop(t)
+}
+
+// TestServeReuseParked: with max_responses 1 every datagram is a virtual
+// session of its own, but a completed one parks its socket and the next
+// session to the same backend reuses it: 50 sequential requests over 2
+// backends open 2 sockets, count 50 sessions, and hold no backend between
+// requests.
+func TestServeReuseParked(t *testing.T) {
+	a, b := startEcho(t, 1, true), startEcho(t, 1, true)
+	a.b.MaxConnections, b.b.MaxConnections = 1, 1 // parked sockets must not hold them
+	r := startServe(t, &Config{MaxResponses: 1, ClientIdle: 10 * time.Second}, newElector(a.b, b.b))
+	for i := range 50 {
+		r.exchange(t, msg(i))
+		waitFor(t, 3*time.Second, "the session to park", func() bool {
+			return r.ctr.Sessions.Load() == 0 && a.b.Stats.Active() == 0 && b.b.Stats.Active() == 0
+		})
+	}
+	for _, e := range []*echoServer{a, b} {
+		if got := e.sourceCounts(); !slices.Equal(got, []int{25}) {
+			t.Errorf("backend %s: datagrams per socket %v, want 25 on one socket", e.b.Address(), got)
+		}
+		if st := e.b.Stats.Snapshot(); st.Total != 25 || st.Tx != st.Rx {
+			t.Errorf("backend %s: %+v, want 25 virtual sessions, tx = rx", e.b.Address(), st)
+		}
+	}
+	if st := r.total.Snapshot(); st.Total != 50 {
+		t.Errorf("total sessions %d, want 50", st.Total)
+	}
+	waitPackets(t, r.ctr, 50, 50)
+	r.stop(t)
+}
+
+// TestServeReuseRetired: max_requests 2 with max_responses 1 parks a
+// session once it took 2 requests and relayed both replies; back to back,
+// with sockets parked and reused, every request gets exactly its reply.
+func TestServeReuseRetired(t *testing.T) {
+	var pool []*backend.Backend
+	for range 3 {
+		pool = append(pool, startEcho(t, 1, false).b)
+	}
+	r := startServe(t, &Config{MaxRequests: 2, MaxResponses: 1, ClientIdle: 10 * time.Second}, newElector(pool...))
+	for round := range 4 {
+		const n = 50
+		for i := range n {
+			r.c.send(msg(round*n + i))
+		}
+		seen := make(map[string]int)
+		for range n {
+			seen[r.c.recv(t, 3*time.Second)]++
+		}
+		for i := range n {
+			if c := seen[msg(round*n+i)]; c != 1 {
+				t.Errorf("%d replies to %s, want 1", c, msg(round*n+i))
+			}
+		}
+		waitFor(t, 3*time.Second, "every session to park", func() bool { return r.ctr.Sessions.Load() == 0 })
+	}
+	if _, ok := r.c.tryRecv(50 * time.Millisecond); ok {
+		t.Error("a reply too many")
+	}
+	if n := r.total.Snapshot().Total; n < 100 {
+		t.Errorf("%d virtual sessions for 200 datagrams, want at least 100", n)
+	}
+	r.stop(t)
+}
+
+// TestServeParkedStraggler: a backend that answers twice with max_responses
+// 1: the second reply arrives while the socket is parked and is discarded,
+// so the reply to the next request on the reused socket is its own.
+func TestServeParkedStraggler(t *testing.T) {
+	e := startEcho(t, 2, true)
+	r := startServe(t, &Config{MaxResponses: 1, ClientIdle: 10 * time.Second}, newElector(e.b))
+	for i := range 10 {
+		r.exchange(t, msg(i))
+		// pacing: the second copy reaches the parked socket meanwhile
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got, ok := r.c.tryRecv(100 * time.Millisecond); ok {
+		t.Errorf("a late reply %q reached the client", got)
+	}
+	if got := e.sourceCounts(); !slices.Equal(got, []int{10}) {
+		t.Errorf("datagrams per socket %v, want 10 on one reused socket", got)
+	}
+	waitPackets(t, r.ctr, 10, 10)
+	if st := e.b.Stats.Snapshot(); st.Rx != st.Tx {
+		t.Errorf("stats %+v: discarded replies counted as relayed", st)
+	}
+	r.stop(t)
+}
+
+// settleGoroutines waits until the goroutine count held still for a while:
+// the goroutines of earlier tests (echo servers) may still be on their way
+// out when the next one counts its baseline.
+func settleGoroutines(t *testing.T) {
+	t.Helper()
+	n, since := runtime.NumGoroutine(), time.Now()
+	for deadline := time.Now().Add(3 * time.Second); time.Since(since) < 100*time.Millisecond; {
+		if time.Now().After(deadline) {
+			t.Fatal("the goroutine count does not settle")
+		}
+		time.Sleep(5 * time.Millisecond)
+		if m := runtime.NumGoroutine(); m != n {
+			n, since = m, time.Now()
+		}
+	}
+}
+
+// goroutinesAt waits for the goroutine count to be n.
+func goroutinesAt(t *testing.T, n int, what string) {
+	t.Helper()
+	waitFor(t, 3*time.Second, fmt.Sprintf("%d goroutines (%s)", n, what), func() bool { return runtime.NumGoroutine() == n })
+}
+
+// TestServeParkedEviction: a client session parks at most maxParked
+// sockets; parking one more closes the oldest.
+func TestServeParkedEviction(t *testing.T) {
+	const n = maxParked + 2
+	var echoes []*echoServer
+	var pool []*backend.Backend
+	for range n {
+		e := startEcho(t, 1, true)
+		echoes = append(echoes, e)
+		pool = append(pool, e.b)
+	}
+	settleGoroutines(t)
+	el := newElector(pool...)
+	var order []int // the backend of each election
+	el.pick = func(k int) int { return order[k] }
+	for i := range n {
+		order = append(order, i) // one session to each: 0 and 1 are evicted
+	}
+	for i := n - 1; i >= 2; i-- {
+		order = append(order, i) // the parked ones, newest first: all reused
+	}
+	order = append(order, 0, 1) // evicted: new sockets
+	r := startServe(t, &Config{MaxResponses: 1, ClientIdle: 10 * time.Second}, el)
+	for i := range n {
+		r.exchange(t, msg(i))
+	}
+	goroutinesAt(t, r.base+1+maxParked, "Serve and the parked readers")
+	for i := n; i < len(order); i++ {
+		r.exchange(t, msg(i))
+	}
+	for i, e := range echoes {
+		want := []int{2}
+		if i < 2 {
+			want = []int{1, 1}
+		}
+		if got := e.sourceCounts(); !slices.Equal(got, want) {
+			t.Errorf("backend %d: datagrams per socket %v, want %v", i, got, want)
+		}
+	}
+	goroutinesAt(t, r.base+1+maxParked, "Serve and the parked readers")
+	if st := r.total.Snapshot(); st.Total != uint64(len(order)) {
+		t.Errorf("total sessions %d, want %d", st.Total, len(order))
+	}
+	r.stop(t)
+}
+
+// TestServeParkedIdle: a parked socket closes after the idle timeout while
+// the client session goes on; the next session to its backend opens a new
+// one.
+func TestServeParkedIdle(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	settleGoroutines(t)
+	a, b := startEcho(t, 1, true), startEcho(t, 1, true)
+	el := newElector(a.b, b.b)
+	el.pick = func(k int) int {
+		if k == 0 || k == 12 {
+			return 0 // a, then a again once its socket idled out
+		}
+		return 1
+	}
+	r := startServe(t, &Config{MaxResponses: 1, ClientIdle: idle}, el)
+	r.exchange(t, "to a")
+	r.exchange(t, "to b")
+	goroutinesAt(t, r.base+3, "Serve and two parked readers")
+	parkedAt := time.Now()
+	for i := range 10 { // b stays busy for about 2.5 idle timeouts
+		time.Sleep(idle / 4) // pacing the client
+		r.exchange(t, msg(i))
+		if n := runtime.NumGoroutine(); time.Since(parkedAt) < idle-50*time.Millisecond && n != r.base+3 {
+			t.Errorf("%d goroutines %s after a parked, before its idle timeout, want %d", n, time.Since(parkedAt), r.base+3)
+		}
+	}
+	goroutinesAt(t, r.base+2, "a's parked socket closed as idle")
+	r.exchange(t, "to a again")
+	if got := a.sourceCounts(); !slices.Equal(got, []int{1, 1}) {
+		t.Errorf("a: datagrams per socket %v, want a new socket after the idle close", got)
+	}
+	if got := b.sourceCounts(); !slices.Equal(got, []int{11}) {
+		t.Errorf("b: datagrams per socket %v, want 11 on one reused socket", got)
+	}
+	if r.returned() {
+		t.Fatal("Serve returned while the client was active")
+	}
+	r.wait(t, idle+2*time.Second) // the client goes quiet: everything closes
 }
