@@ -1,8 +1,12 @@
 package e2e
 
 import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -193,5 +197,68 @@ balance = "roundrobin"
 		if got[i] == got[i-1] {
 			t.Fatalf("roundrobin did not alternate: %v", got)
 		}
+	}
+}
+
+// TestGobetweenRunTLS runs a gobetween server with protocol = "tls" and a
+// certificate from files: clients complete a verified TLS handshake with the
+// adapted server and reach both backends in plaintext (round robin).
+func TestGobetweenRunTLS(t *testing.T) {
+	a, b := nameBackend(t, "a"), nameBackend(t, "b")
+	cert := btNewCert(t, "gobetween.test", "gobetween.test")
+	front := freeAddr(t)
+	inst := &instance{t: t, admin: freeAddr(t)}
+	path := writeGobetween(t, fmt.Sprintf(`
+[api]
+enabled = true
+bind = %q
+
+[servers.secure]
+bind = %q
+protocol = "tls"
+balance = "roundrobin"
+
+  [servers.secure.tls]
+  cert_path = %q
+  key_path = %q
+  min_version = "tls1.2"
+
+  [servers.secure.discovery]
+  kind = "static"
+  static_list = [%q, %q]
+`, inst.admin, front, cert.cert, cert.key, a.addr, b.addr))
+	inst.start(t, "run", "--adapter", "gobetween", "--config", path)
+
+	pool := x509.NewCertPool()
+	pem, err := os.ReadFile(cert.cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.AppendCertsFromPEM(pem)
+	askTLS := func() (string, error) {
+		d := &net.Dialer{Timeout: 2 * time.Second}
+		c, err := tls.DialWithDialer(d, "tcp", front, &tls.Config{ServerName: "gobetween.test", RootCAs: pool})
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line), err
+	}
+	waitFor(t, 10*time.Second, "the TLS server to answer", func() bool {
+		name, err := askTLS()
+		return err == nil && name != ""
+	})
+	seen := map[string]int{}
+	for range 6 {
+		name, err := askTLS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[name]++
+	}
+	if seen["a"] == 0 || seen["b"] == 0 {
+		t.Fatalf("round robin over TLS reached %v, want both a and b", seen)
 	}
 }
