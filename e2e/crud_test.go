@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -215,4 +219,160 @@ func TestServerCRUDUDP(t *testing.T) {
 	bad([]struct{ body, mention string }{
 		{fmt.Sprintf(`{"listen":[%q],"protocol":"udp","discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}`, freeUDPAddr(t)), "needs udp.max_requests, udp.max_responses, client_idle_timeout or backend_idle_timeout"},
 	})
+}
+
+// TestServerCRUDGobetweenBody: POST and PUT /between/servers/{name} take a
+// body in gobetween's server form as it is (bind, balance as a name,
+// healthcheck kind none, tls with min_version, udp, durations as text),
+// converted by the gobetween adapter: a tcp server balances, a tls server
+// terminates TLS with its files (and DELETE takes them out of the tls app
+// again), a udp server relays datagrams; and gobetween's write tooling works
+// through the rewrite shim of docs/migration-gobetween.md.
+func TestServerCRUDGobetweenBody(t *testing.T) {
+	one, two := nameBackend(t, "one"), nameBackend(t, "two")
+	c := startCaddy(t, `{}`)
+
+	// (a) tcp: round robin over both backends, then PUT in the same form
+	addr := freeAddr(t)
+	body := func(backends ...string) string {
+		list, _ := json.Marshal(backends)
+		return fmt.Sprintf(`{"bind":%q,"protocol":"tcp","balance":"roundrobin","max_connections":100,"client_idle_timeout":"1m","backend_idle_timeout":"0",`+
+			`"backend_connection_timeout":"2s","healthcheck":{"kind":"none","interval":"2s"},"discovery":{"kind":"static","static_list":%s}}`, addr, list)
+	}
+	status, got := adminDo(t, c, "POST", "/between/servers/g1", body(one.addr, two.addr))
+	if status != 201 || !strings.Contains(got, `"between+tcp/`+addr+`"`) || !strings.Contains(got, `"balance":{"policy":"roundrobin"}`) || strings.Contains(got, "healthcheck") {
+		t.Fatalf("POST gobetween body = %d %s", status, got)
+	}
+	seen := map[string]bool{}
+	waitFor(t, 5*time.Second, "both backends through g1", func() bool {
+		if got, err := ask(addr); err == nil {
+			seen[got] = true
+		}
+		return seen["one"] && seen["two"]
+	})
+	for _, tc := range []struct {
+		name, method, path, body string
+		status                   int
+		mention                  string
+	}{
+		{"create again", "POST", "/between/servers/g1", body(one.addr), 409, "exists"},
+		{"bind and listen", "POST", "/between/servers/gx", `{"bind":"127.0.0.1:1","listen":["127.0.0.1:1"],"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}`, 400, `\"bind\"`},
+		{"unknown gobetween key", "POST", "/between/servers/gx", `{"bind":"127.0.0.1:1","bogus":1,"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}`, 400, "servers.gx.bogus"},
+		{"bad balance", "PUT", "/between/servers/g1", strings.Replace(body(two.addr), `"roundrobin"`, `"random"`, 1), 400, "servers.g1.balance"},
+		{"session tickets off", "POST", "/between/servers/gx", `{"bind":"127.0.0.1:1","protocol":"tls","tls":{"cert_path":"c","key_path":"k","session_tickets":false},"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}}`, 400, "servers.gx.tls.session_tickets"},
+		{"replace unknown", "PUT", "/between/servers/nosuch", body(two.addr), 404, "nosuch"},
+	} {
+		status, got := adminDo(t, c, tc.method, tc.path, tc.body)
+		if status != tc.status || !strings.Contains(got, tc.mention) || !strings.HasPrefix(strings.TrimSpace(got), `{"error":`) {
+			t.Fatalf("%s: %s %s = %d %s; want %d {\"error\": ...} mentioning %q", tc.name, tc.method, tc.path, status, got, tc.status, tc.mention)
+		}
+	}
+	if status, got := adminDo(t, c, "PUT", "/between/servers/g1", body(two.addr)); status != 200 {
+		t.Fatalf("PUT gobetween body = %d %s", status, got)
+	}
+	waitFor(t, 5*time.Second, "traffic to follow the replaced g1", func() bool {
+		for range 4 {
+			if got, _ := ask(addr); got != "two" {
+				return false
+			}
+		}
+		return true
+	})
+
+	// (b) tls with cert_path/key_path and min_version: the handshake is
+	// verified against the certificate; TLS 1.2 is refused (min tls1.3);
+	// DELETE takes the files out of the tls app
+	cert := btNewCert(t, "secure.test", "secure.test")
+	pem, err := os.ReadFile(cert.cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	taddr := freeAddr(t)
+	tbody := fmt.Sprintf(`{"bind":%q,"protocol":"tls","tls":{"cert_path":%q,"key_path":%q,"min_version":"tls1.3","prefer_server_ciphers":true},"discovery":{"kind":"static","static_list":[%q]}}`,
+		taddr, cert.cert, cert.key, one.addr)
+	if status, got := adminDo(t, c, "POST", "/between/servers/gtls", tbody); status != 201 || !strings.Contains(got, `"protocol_min":"tls1.3"`) {
+		t.Fatalf("POST gobetween tls body = %d %s", status, got)
+	}
+	waitFor(t, 5*time.Second, "TLS through gtls", func() bool {
+		got, _ := cmpAskTLS(taddr, "secure.test", roots)
+		return got == "one"
+	})
+	if conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", taddr,
+		&tls.Config{ServerName: "secure.test", RootCAs: roots, MaxVersion: tls.VersionTLS12}); err == nil {
+		conn.Close()
+		t.Fatal("a TLS 1.2 client was accepted; want min_version tls1.3 to refuse it")
+	}
+	if _, got := adminDo(t, c, "GET", "/config/apps/tls/certificates/load_files", ""); !strings.Contains(got, `"between:gtls"`) || !strings.Contains(got, cert.cert) {
+		t.Fatalf("load_files = %s, want gtls's tagged files", got)
+	}
+	if status, got := adminDo(t, c, "DELETE", "/between/servers/gtls", ""); status != 204 {
+		t.Fatalf("DELETE gtls = %d %s", status, got)
+	}
+	if status, got := adminDo(t, c, "GET", "/config/apps/tls", ""); status != 200 || strings.Contains(got, "between:gtls") || strings.Contains(got, cert.cert) {
+		t.Fatalf("GET /config/apps/tls after the delete = %d %s, want gtls's files gone", status, got)
+	}
+	if _, err := cmpAskTLS(taddr, "secure.test", roots); err == nil {
+		t.Fatal("gtls still answers after DELETE")
+	}
+
+	// (c) udp: a datagram is relayed to the backend and the reply back
+	echo := newUDPBackend(t, "echo", 1)
+	uaddr := freeUDPAddr(t)
+	ubody := fmt.Sprintf(`{"bind":%q,"protocol":"udp","udp":{"max_responses":1},"healthcheck":{"kind":"none"},"discovery":{"kind":"static","static_list":[%q]}}`, uaddr, echo.addr)
+	if status, got := adminDo(t, c, "POST", "/between/servers/gudp", ubody); status != 201 || !strings.Contains(got, `"between+udp/`+uaddr+`"`) {
+		t.Fatalf("POST gobetween udp body = %d %s", status, got)
+	}
+	if got := udpAskRetry(t, dialUDP(t, uaddr), "hello"); got != "echo hello 1" {
+		t.Fatalf("through gudp: %q, want %q", got, "echo hello 1")
+	}
+
+	// (d) the shim of docs/migration-gobetween.md, in the same Caddy: POST
+	// /servers/g2 with gobetween's body on the shim's address creates the
+	// server, GET /servers/g2/stats answers, DELETE /servers/g2 removes it
+	doc, err := os.ReadFile(filepath.Join(repoRoot(), "docs", "migration-gobetween.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(doc), "### Keeping gobetween tooling working")
+	_, after, ok2 := strings.Cut(after, "```caddyfile\n")
+	shim, _, ok3 := strings.Cut(after, "```")
+	if !ok || !ok2 || !ok3 || !strings.Contains(shim, "127.0.0.1:8888") || !strings.Contains(shim, "127.0.0.1:2019") {
+		t.Fatalf("no shim example in docs/migration-gobetween.md:\n%s", shim)
+	}
+	shimAddr := freeAddr(t)
+	shim = strings.ReplaceAll(strings.ReplaceAll(shim, "127.0.0.1:8888", shimAddr), "127.0.0.1:2019", "ADMIN")
+	s := startCaddyfile(t, "{\n\tadmin ADMIN\n}\n"+shim)
+	viaShim := &instance{t: t, admin: shimAddr}
+	waitFor(t, 5*time.Second, "the shim to answer GET /", func() bool {
+		status, got := adminDo(t, viaShim, "GET", "/", "")
+		return status == 200 && strings.Contains(got, `"caddy_l4_version"`)
+	})
+	addr2 := freeAddr(t)
+	body2 := fmt.Sprintf(`{"bind":%q,"balance":"leastconn","healthcheck":{"kind":"ping","interval":"1s","timeout":"500ms"},"discovery":{"kind":"static","static_list":[%q]}}`, addr2, one.addr)
+	if status, got := adminDo(t, viaShim, "POST", "/servers/g2", body2); status != 201 || !strings.Contains(got, `"name":"g2"`) {
+		t.Fatalf("POST /servers/g2 through the shim = %d %s", status, got)
+	}
+	waitFor(t, 5*time.Second, "g2 to serve", func() bool { got, _ := ask(addr2); return got == "one" })
+	var stats struct {
+		Backends []struct {
+			Host, Port string
+			Stats      struct{ Live bool }
+		}
+	}
+	waitFor(t, 5*time.Second, "GET /servers/g2/stats through the shim", func() bool {
+		status, got := adminDo(t, viaShim, "GET", "/servers/g2/stats", "")
+		return status == 200 && json.Unmarshal([]byte(got), &stats) == nil && len(stats.Backends) == 1 && stats.Backends[0].Host+":"+stats.Backends[0].Port == one.addr
+	})
+	if status, got := adminDo(t, s, "GET", "/config/apps/layer4/servers/g2/listen", ""); status != 200 || !strings.Contains(got, "between+tcp/"+addr2) {
+		t.Fatalf("GET /config/.../g2/listen = %d %s", status, got)
+	}
+	if status, got := adminDo(t, viaShim, "DELETE", "/servers/g2", ""); status != 204 {
+		t.Fatalf("DELETE /servers/g2 through the shim = %d %s", status, got)
+	}
+	waitFor(t, 5*time.Second, "g2's listener to close", func() bool { _, err := ask(addr2); return err != nil })
+	if status, _ := adminDo(t, viaShim, "GET", "/servers/g2/stats", ""); status != 404 {
+		t.Fatalf("GET /servers/g2/stats after the delete = %d, want 404", status)
+	}
 }

@@ -292,8 +292,15 @@ func (a *adapter) convert(doc map[string]any) (map[string]any, error) {
 			if err != nil {
 				return nil, err
 			}
-			srv, err := a.server(name, st, defaultOpts, tlsApp)
+			srv, parts, warnings, err := ConvertServer(name, st.m, ServerOptions{Defaults: defaultOpts})
+			for _, w := range warnings {
+				w.File = a.file
+				a.warnings = append(a.warnings, w)
+			}
 			if err != nil {
+				return nil, err
+			}
+			if err := tlsApp.add(name, parts); err != nil {
 				return nil, err
 			}
 			servers[name] = srv
@@ -448,6 +455,32 @@ func (t *tlsApp) json() map[string]any {
 	return out
 }
 
+// add takes in what server name needs in the tls app: its certificate
+// files, an automation policy with the [acme] issuer for its ACME names, and
+// disabled session tickets.
+func (t *tlsApp) add(name string, parts *ServerTLS) error {
+	if parts == nil {
+		return nil
+	}
+	for _, f := range parts.LoadFiles {
+		t.loadFiles = append(t.loadFiles, f)
+	}
+	if len(parts.ACMEHosts) > 0 {
+		if !t.acmeConfigured {
+			return fmt.Errorf("servers.%s.tls.acme_hosts: needs an [acme] section", name)
+		}
+		p := map[string]any{"subjects": parts.ACMEHosts, "issuers": []any{t.acmeIssuer}}
+		if t.storage != nil {
+			p["storage"] = t.storage
+		}
+		t.policies = append(t.policies, p)
+	}
+	if parts.NoSessionTickets {
+		t.noTickets = true
+	}
+	return nil
+}
+
 func (a *adapter) acme(root *table, app *tlsApp) error {
 	t, err := root.sub("acme")
 	if err != nil || t == nil {
@@ -542,159 +575,214 @@ var balancePolicies = map[string]bool{
 	"iphash1": true, "leastbandwidth": true,
 }
 
-func (a *adapter) server(name string, t *table, defaults map[string]any, app *tlsApp) (map[string]any, error) {
+// ServerOptions says how ConvertServer fits a server into its config.
+type ServerOptions struct {
+	// Defaults are handler fields merged into the server's between handler
+	// before its own keys: the adapter's [defaults] section, converted
+	// (max_connections and the *_timeout keys in the handler's form).
+	Defaults map[string]any
+	// CertTag tags the certificate files of a protocol = "tls" server with
+	// cert_path and key_path, and its tls handler selects them by it;
+	// "gobetween-NAME" when empty.
+	CertTag string
+}
+
+// ServerTLS is what a protocol = "tls" server needs outside its layer4
+// server, in Caddy's tls app.
+type ServerTLS struct {
+	// LoadFiles are entries for apps.tls.certificates.load_files (certificate,
+	// key, tags), tagged with the server's certificate tag.
+	LoadFiles []map[string]any
+	// ACMEHosts are the names (tls.acme_hosts) to get certificates for by
+	// ACME; the caller arranges their management.
+	ACMEHosts []string
+	// Policy is the tls handler's connection policy inside the returned
+	// layer4 server (the same map, so the caller may add to it).
+	Policy map[string]any
+	// NoSessionTickets is tls.session_tickets = false: session tickets off in
+	// the tls app, for every server.
+	NoSessionTickets bool
+}
+
+// ConvertServer converts one gobetween server, the table [servers.NAME] as a
+// generic tree (TOML or JSON decoded), to the layer4 server the adapter
+// makes of it: listening on between+tcp/ or between+udp/ at bind, with a tls
+// handler first when protocol = "tls", then a between handler named name.
+// What a tls server needs in the tls app is returned apart (nil for other
+// protocols). Errors and warnings name the gobetween key as
+// servers.NAME.KEY. The adapter converts every server with it.
+func ConvertServer(name string, server map[string]any, opts ServerOptions) (map[string]any, *ServerTLS, []caddyconfig.Warning, error) {
+	a := &adapter{}
+	var t *table
+	if server != nil {
+		t = newTable("servers."+name, server)
+	}
+	srv, parts, err := a.server(name, t, opts)
+	if err != nil {
+		return nil, nil, a.warnings, err
+	}
+	return srv, parts, a.warnings, nil
+}
+
+func (a *adapter) server(name string, t *table, opts ServerOptions) (map[string]any, *ServerTLS, error) {
 	if t == nil {
-		return nil, fmt.Errorf("servers.%s: empty", name)
+		return nil, nil, fmt.Errorf("servers.%s: empty", name)
 	}
 	h := map[string]any{"handler": "between", "name": name}
-	for k, v := range defaults {
+	for k, v := range opts.Defaults {
 		h[k] = v
 	}
 	if err := connectionOptions(t, h); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	bind, err := t.str("bind")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if bind == "" {
-		return nil, fmt.Errorf("%s: required (\"host:port\")", t.key("bind"))
+		return nil, nil, fmt.Errorf("%s: required (\"host:port\")", t.key("bind"))
 	}
 	if _, _, err := net.SplitHostPort(bind); err != nil {
-		return nil, fmt.Errorf("%s: %q is not host:port", t.key("bind"), bind)
+		return nil, nil, fmt.Errorf("%s: %q is not host:port", t.key("bind"), bind)
 	}
 	protocol, err := t.str("protocol")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	network := "between+tcp/"
 	switch protocol {
 	case "", "tcp", "tls":
 		if t.has("udp") {
 			t.get("udp")
-			return nil, fmt.Errorf("%s: only used with protocol = \"udp\"", t.key("udp"))
+			return nil, nil, fmt.Errorf("%s: only used with protocol = \"udp\"", t.key("udp"))
 		}
 	case "udp":
 		network = "between+udp/"
 		if err := a.udp(t, h); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	default:
-		return nil, fmt.Errorf("%s: %q is not \"tcp\", \"tls\" or \"udp\"", t.key("protocol"), protocol)
+		return nil, nil, fmt.Errorf("%s: %q is not \"tcp\", \"tls\" or \"udp\"", t.key("protocol"), protocol)
 	}
 	if err := balance(t, h); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var handlers []any
+	var parts *ServerTLS
 	tlsT, err := t.sub("tls")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if protocol == "tls" {
 		if tlsT == nil {
-			return nil, fmt.Errorf("%s: required with protocol = \"tls\" (cert_path and key_path, or acme_hosts)", t.key("tls"))
+			return nil, nil, fmt.Errorf("%s: required with protocol = \"tls\" (cert_path and key_path, or acme_hosts)", t.key("tls"))
 		}
-		th, err := a.serverTLS(name, tlsT, app)
+		tag := opts.CertTag
+		if tag == "" {
+			tag = "gobetween-" + name
+		}
+		th, p, err := a.serverTLS(tag, tlsT)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		handlers = append(handlers, th)
+		parts = p
 	} else if tlsT != nil {
-		return nil, fmt.Errorf("%s: only used with protocol = \"tls\"", t.key("tls"))
+		return nil, nil, fmt.Errorf("%s: only used with protocol = \"tls\"", t.key("tls"))
 	}
 	if err := a.backendsTLS(t, h); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if s, err := t.sub("sni"); err != nil {
-		return nil, err
+		return nil, nil, err
 	} else if s != nil {
 		sni := map[string]any{}
 		rt, err := s.duration("read_timeout")
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if rt != "" {
 			sni["read_timeout"] = rt
 		}
 		s.copyKeys(sni, "hostname_matching_strategy", "unexpected_hostname_strategy")
 		if err := s.finish("not an sni key (read_timeout, hostname_matching_strategy, unexpected_hostname_strategy)"); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		h["sni"] = sni
 	}
 	if s, err := t.sub("access"); err != nil {
-		return nil, err
+		return nil, nil, err
 	} else if s != nil {
 		acc := map[string]any{}
 		def, err := s.str("default")
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if def != "" {
 			acc["default"] = def
 		}
 		rules, err := s.strs("rules")
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if len(rules) > 0 {
 			acc["rules"] = rules
 		}
 		if err := s.finish("not an access key (default, rules)"); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		h["access"] = acc
 	}
 	if s, err := t.sub("proxy_protocol"); err != nil {
-		return nil, err
+		return nil, nil, err
 	} else if s != nil {
 		pp := map[string]any{}
 		v, err := s.str("version")
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if v != "" {
 			pp["version"] = v
 		}
 		if err := s.finish("not a proxy_protocol key (version)"); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		h["proxy_protocol"] = pp
 	}
 	d, err := t.sub("discovery")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if d == nil {
-		return nil, fmt.Errorf("%s: required", t.key("discovery"))
+		return nil, nil, fmt.Errorf("%s: required", t.key("discovery"))
 	}
 	disc, err := discovery(d)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	h["discovery"] = disc
 	if hc, err := t.sub("healthcheck"); err != nil {
-		return nil, err
+		return nil, nil, err
 	} else if hc != nil {
 		check, err := healthcheck(hc)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if protocol == "udp" && check != nil && check["kind"] == "ping" {
-			return nil, fmt.Errorf("%s: \"ping\" checks a backend with a TCP connect, which says nothing about a UDP service (gobetween refuses it too); use kind = \"probe\" with probe_protocol = \"udp\", or \"exec\"", hc.key("kind"))
+			return nil, nil, fmt.Errorf("%s: \"ping\" checks a backend with a TCP connect, which says nothing about a UDP service (gobetween refuses it too); use kind = \"probe\" with probe_protocol = \"udp\", or \"exec\"", hc.key("kind"))
 		}
 		if check != nil {
 			h["healthcheck"] = check
 		}
 	}
 	if err := t.finish("not a server key that Between knows"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	handlers = append(handlers, h)
 	return map[string]any{
 		"listen": []string{network + bind},
 		"routes": []any{map[string]any{"handle": handlers}},
-	}, nil
+	}, parts, nil
 }
 
 func balance(t *table, h map[string]any) error {
@@ -742,82 +830,77 @@ func tlsVersion(t *table, k string) (string, error) {
 	return out, nil
 }
 
-func (a *adapter) serverTLS(name string, t *table, app *tlsApp) (map[string]any, error) {
+// serverTLS reads a server's tls section into the tls handler and what the
+// tls app needs; certificate files are tagged tag.
+func (a *adapter) serverTLS(tag string, t *table) (map[string]any, *ServerTLS, error) {
 	policy := map[string]any{}
+	parts := &ServerTLS{Policy: policy}
 	certPath, err := t.str("cert_path")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	keyPath, err := t.str("key_path")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	hosts, err := t.strs("acme_hosts")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	switch {
 	case certPath != "" && keyPath != "":
 		if len(hosts) > 0 {
-			return nil, fmt.Errorf("%s: use either acme_hosts or cert_path/key_path", t.key("acme_hosts"))
+			return nil, nil, fmt.Errorf("%s: use either acme_hosts or cert_path/key_path", t.key("acme_hosts"))
 		}
-		tag := "gobetween-" + name
-		app.loadFiles = append(app.loadFiles, map[string]any{"certificate": certPath, "key": keyPath, "tags": []string{tag}})
+		parts.LoadFiles = append(parts.LoadFiles, map[string]any{"certificate": certPath, "key": keyPath, "tags": []string{tag}})
 		policy["certificate_selection"] = map[string]any{"any_tag": []string{tag}}
 	case certPath != "" || keyPath != "":
-		return nil, fmt.Errorf("%s: cert_path and key_path go together", t.key("cert_path"))
+		return nil, nil, fmt.Errorf("%s: cert_path and key_path go together", t.key("cert_path"))
 	case len(hosts) > 0:
-		if !app.acmeConfigured {
-			return nil, fmt.Errorf("%s: needs an [acme] section", t.key("acme_hosts"))
-		}
-		p := map[string]any{"subjects": hosts, "issuers": []any{app.acmeIssuer}}
-		if app.storage != nil {
-			p["storage"] = app.storage
-		}
-		app.policies = append(app.policies, p)
+		parts.ACMEHosts = hosts
 	default:
-		return nil, fmt.Errorf("%s: needs cert_path and key_path, or acme_hosts", t.path)
+		return nil, nil, fmt.Errorf("%s: needs cert_path and key_path, or acme_hosts", t.path)
 	}
 	minV, err := tlsVersion(t, "min_version")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if minV != "" {
 		policy["protocol_min"] = minV
 	}
 	maxV, err := tlsVersion(t, "max_version")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if maxV != "" {
 		policy["protocol_max"] = maxV
 	}
 	ciphers, err := t.strs("ciphers")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(ciphers) > 0 {
 		policy["cipher_suites"] = ciphers
 	}
 	if prefer, err := t.boolean("prefer_server_ciphers"); err != nil {
-		return nil, err
+		return nil, nil, err
 	} else if prefer {
 		a.warn(t.key("prefer_server_ciphers"), "Go's TLS always picks the cipher suite itself; the key has no effect")
 	}
 	if t.has("session_tickets") {
 		tickets, err := t.boolean("session_tickets")
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if !tickets {
-			app.noTickets = true
+			parts.NoSessionTickets = true
 			a.warn(t.key("session_tickets"), "false disables session tickets in Caddy's tls app, for every server")
 		}
 	}
 	if err := t.finish("not a tls key (acme_hosts, cert_path, key_path, ciphers, prefer_server_ciphers, min_version, max_version, session_tickets)"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return map[string]any{"handler": "tls", "connection_policies": []any{policy}}, nil
+	return map[string]any{"handler": "tls", "connection_policies": []any{policy}}, parts, nil
 }
 
 func (a *adapter) backendsTLS(st *table, h map[string]any) error {

@@ -14,12 +14,17 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-between/between/gobetween"
 )
 
-// ServerRequest is the body of POST and PUT /between/servers/{name}
-// (gobetween's server shape): where to listen, the protocol, the TLS
-// certificate when the protocol is tls, and every field of the between
-// handler (balance, discovery, healthcheck, ...) beside them.
+// ServerRequest is the body of POST and PUT /between/servers/{name} in
+// Between's form: where to listen, the protocol, the TLS certificate when
+// the protocol is tls, and every field of the between handler (balance,
+// discovery, healthcheck, ...) beside them. A body with "bind" and no
+// "listen" is in gobetween's form instead (a [servers.NAME] table as JSON)
+// and is converted by the gobetween adapter's gobetween.ConvertServer.
 type ServerRequest struct {
 	// Caddy network addresses; between+tcp/ADDRESS is recommended. With
 	// protocol udp a bare host:port means between+udp/host:port, and each
@@ -105,10 +110,20 @@ func serveServerChange(w http.ResponseWriter, r *http.Request, name string) erro
 // buildServer turns a ServerRequest into a layer4 server with one route:
 // caddy-l4's tls handler when the protocol is tls, then the between handler
 // named name with the request's handler fields. It returns the ACME names.
+// A body in gobetween's form (with "bind", without "listen") is converted
+// by buildGobetweenServer.
 func buildServer(name string, body []byte) (srv map[string]any, files map[string]any, acme []string, err error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
 		return nil, nil, nil, fmt.Errorf("body: %w", err)
+	}
+	_, hasBind := fields["bind"]
+	_, hasListen := fields["listen"]
+	switch {
+	case hasBind && hasListen:
+		return nil, nil, nil, errors.New(`fields "bind" (gobetween's server form) and "listen" (Between's form): give only one of them`)
+	case hasBind:
+		return buildGobetweenServer(name, body)
 	}
 	var req ServerRequest
 	top := map[string]json.RawMessage{}
@@ -123,7 +138,7 @@ func buildServer(name string, body []byte) (srv map[string]any, files map[string
 		return nil, nil, nil, err
 	}
 	if len(req.Listen) == 0 {
-		return nil, nil, nil, errors.New(`field "listen": at least one address is required`)
+		return nil, nil, nil, errors.New(`field "listen": at least one address is required (or "bind": "host:port" for a body in gobetween's form)`)
 	}
 	if _, ok := fields["name"]; ok {
 		return nil, nil, nil, errors.New(`field "name": the handler is named after the server (the URL)`)
@@ -198,6 +213,73 @@ func buildServer(name string, body []byte) (srv map[string]any, files map[string
 		"routes": []any{map[string]any{"handle": handle}},
 	}
 	return srv, files, acme, nil
+}
+
+// buildGobetweenServer converts a body in gobetween's server form (the JSON
+// of a [servers.NAME] table: bind, protocol, balance = "leastconn", durations
+// as "5s", ...) with the gobetween adapter, so that it means what it means
+// in a gobetween config file (without [defaults]: the running config has
+// none). What a tls server needs in the tls app is fitted to claimTLS and
+// releaseTLS: certificate files are tagged tagOf(name), and ACME names go to
+// the between app's acme_hosts with the tls policy matching them by SNI.
+// tls.min_version, max_version and ciphers stay in the server's own
+// connection policy; tls.session_tickets = false is refused, as it would
+// change the tls app for every server and outlive this one.
+func buildGobetweenServer(name string, body []byte) (srv map[string]any, files map[string]any, acme []string, err error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var server map[string]any
+	if err := dec.Decode(&server); err != nil {
+		return nil, nil, nil, fmt.Errorf("body: %w", err)
+	}
+	converted, parts, warnings, err := gobetween.ConvertServer(name, server, gobetween.ServerOptions{CertTag: tagOf(name)})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if parts != nil {
+		if parts.NoSessionTickets {
+			return nil, nil, nil, fmt.Errorf("servers.%s.tls.session_tickets: false would turn session tickets off in Caddy's tls app for every server, beyond this one's life; set apps.tls.session_tickets through /config/ instead", name)
+		}
+		if len(parts.LoadFiles) > 1 {
+			return nil, nil, nil, fmt.Errorf("servers.%s.tls: one certificate per server", name)
+		}
+		if len(parts.LoadFiles) == 1 {
+			files = parts.LoadFiles[0]
+		}
+		if len(parts.ACMEHosts) > 0 {
+			acme = parts.ACMEHosts
+			if err := checkACMEHosts(acme); err != nil {
+				return nil, nil, nil, fmt.Errorf("servers.%s.tls.acme_hosts: %w", name, err)
+			}
+			// as for Between's form: the policy's SNI list records the names
+			// this server manages, for releaseTLS
+			parts.Policy["match"] = map[string]any{"sni": acme}
+		}
+	}
+	// read back as JSON, the form the running config has for releaseTLS
+	if err := roundTrip(&converted); err != nil {
+		return nil, nil, nil, err
+	}
+	if files != nil {
+		if err := roundTrip(&files); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	// keys without effect in Caddy: said in the log, as caddy adapt would
+	for _, w := range warnings {
+		caddy.Log().Named("between.admin").Warn("gobetween server body", zap.String("server", name), zap.String("key", w.Directive), zap.String("warning", w.Message))
+	}
+	return converted, files, acme, nil
+}
+
+// roundTrip replaces *m with its JSON decoded again (lists as []any).
+func roundTrip(m *map[string]any) error {
+	raw, err := json.Marshal(*m)
+	if err != nil {
+		return err
+	}
+	*m = nil
+	return json.Unmarshal(raw, m)
 }
 
 // tagOf is the certificate tag of a server's own certificate files.
