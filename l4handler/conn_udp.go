@@ -171,7 +171,11 @@ func (h *Handler) handleUDP(cx *layer4.Connection) error {
 	if cfg.MaxRequests == 1 && !cfg.Transparent {
 		cfg = st.forwarderConfig(cfg)
 	}
-	return udpsession.Serve(fc, client, cfg, u, st.udp, st.stats)
+	var c udpsession.Conn = fc
+	if fc.lc != nil {
+		c = funcFramedConn{fc} // a udpsession.FuncReader: no buffer held while idle
+	}
+	return udpsession.Serve(c, client, cfg, u, st.udp, st.stats)
 }
 
 // framedConn is the client side of a session as udpsession.Serve reads it.
@@ -203,6 +207,35 @@ func (f *framedConn) Read(p []byte) (int, error) {
 		return io.ReadFull(f.cx, p[:n])
 	}
 	return f.lc.Read(p)
+}
+
+// funcFramedConn is a framedConn on a between+udp listener, where Serve can
+// read without a buffer of its own: it adds udpsession.FuncReader. (On
+// caddy-l4's own UDP server Serve reads into a pooled 64 KiB buffer, held
+// while the session lasts: caddy-l4's connection has no way to hand over a
+// datagram without copying it into the reader's buffer.)
+type funcFramedConn struct{ *framedConn }
+
+// frameBufPool holds the buffers the datagrams caddy-l4 prefetched are read
+// into: the first datagram(s) of a session only.
+var frameBufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// ReadFunc calls fn with the next datagram: first the ones caddy-l4's
+// matchers already read (copied out of cx into a pooled buffer), then the
+// listener conn's, handed over without a copy (UDPConn.ReadFunc). p is
+// valid only until fn returns.
+func (f funcFramedConn) ReadFunc(fn func(p []byte)) error {
+	if f.next < len(f.frames) {
+		bp := frameBufPool.Get().(*[]byte)
+		defer frameBufPool.Put(bp)
+		n, err := f.Read(*bp)
+		if err != nil {
+			return err
+		}
+		fn((*bp)[:n])
+		return nil
+	}
+	return f.lc.ReadFunc(fn)
 }
 
 // Write sends one datagram to the client; safe for concurrent use.
@@ -274,3 +307,5 @@ func (st *state) forwarderConfig(cfg *udpsession.Config) *udpsession.Config {
 	})
 	return st.fwdCfg
 }
+
+var _ udpsession.FuncReader = funcFramedConn{}

@@ -754,52 +754,76 @@ func (c *UDPConn) queued() int {
 // was idle for too long.
 func (c *UDPConn) Read(p []byte) (int, error) {
 	c.mu.Lock()
-	for {
-		if b := c.cur; b != nil {
-			n := copy(p, b.data[c.off:])
-			c.off += n
-			if c.off == len(b.data) {
-				b.free()
-				c.cur = nil
-			}
-			c.mu.Unlock()
-			c.markActive()
-			return n, nil
+	if err := c.await(); err != nil {
+		c.mu.Unlock()
+		return 0, err
+	}
+	var n int
+	if b := c.cur; b != nil {
+		n = copy(p, b.data[c.off:])
+		c.off += n
+		if c.off == len(b.data) {
+			b.free()
+			c.cur = nil
 		}
-		if c.n > 0 {
-			b := c.q[c.head]
-			c.q[c.head] = nil
-			c.head = (c.head + 1) % len(c.q)
-			c.n--
-			if !c.recordingDone {
-				c.frames = append(c.frames, len(b.data))
-				if c.recorded += len(b.data); c.recorded >= udpMaxRecorded {
-					c.recordingDone = true
-				}
-			}
-			n := copy(p, b.data)
-			if n < len(b.data) {
-				c.cur, c.off = b, n
-			} else {
-				b.free()
-			}
-			if c.n > 0 {
-				c.signal() // for another goroutine waiting in Read
-			}
-			c.mu.Unlock()
-			c.markActive()
-			return n, nil
+	} else {
+		b := c.pop()
+		n = copy(p, b.data)
+		if n < len(b.data) {
+			c.cur, c.off = b, n
+		} else {
+			b.free()
+		}
+	}
+	c.mu.Unlock()
+	c.markActive()
+	return n, nil
+}
+
+// ReadFunc waits for the next datagram like Read (same deadline and close
+// errors) and calls fn with it, without copying it into a buffer of the
+// caller's: a reader that waits in ReadFunc holds no buffer while the
+// session is idle. p is the datagram (the rest of it if a Read returned
+// part of it) in a pooled buffer, valid only until fn returns; fn must not
+// keep it. fn runs without any lock of c held, so it may call Write,
+// SetReadDeadline, Close; a concurrent Read or ReadFunc gets the next
+// datagram meanwhile.
+func (c *UDPConn) ReadFunc(fn func(p []byte)) error {
+	c.mu.Lock()
+	if err := c.await(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	b, off := c.cur, c.off
+	if b != nil {
+		c.cur = nil
+	} else {
+		b, off = c.pop(), 0
+	}
+	c.mu.Unlock()
+	c.markActive()
+	fn(b.data[off:])
+	b.free()
+	return nil
+}
+
+// await waits until a datagram is there to read (a partly read one in
+// c.cur or a queued one), and returns nil; or returns the session's close
+// error, or os.ErrDeadlineExceeded once the read deadline has passed. The
+// caller holds c.mu; await lets go of it while it waits.
+func (c *UDPConn) await() error {
+	for {
+		if c.cur != nil || c.n > 0 {
+			return nil
 		}
 		if err := c.closeErr; err != nil {
 			c.signal()
-			c.mu.Unlock()
-			return 0, err
+			return err
 		}
 		var expired <-chan time.Time
 		if !c.deadline.IsZero() {
 			if !time.Now().Before(c.deadline) {
-				c.mu.Unlock()
-				return 0, os.ErrDeadlineExceeded
+				return os.ErrDeadlineExceeded
 			}
 			expired = c.timer.C
 		}
@@ -816,6 +840,26 @@ func (c *UDPConn) Read(p []byte) (int, error) {
 		}
 		c.mu.Lock()
 	}
+}
+
+// pop takes the oldest queued datagram out of the queue (c.n > 0), records
+// its length while recording, and wakes another waiting reader if more are
+// queued. The caller holds c.mu and owns the returned buffer.
+func (c *UDPConn) pop() *udpBuf {
+	b := c.q[c.head]
+	c.q[c.head] = nil
+	c.head = (c.head + 1) % len(c.q)
+	c.n--
+	if !c.recordingDone {
+		c.frames = append(c.frames, len(b.data))
+		if c.recorded += len(b.data); c.recorded >= udpMaxRecorded {
+			c.recordingDone = true
+		}
+	}
+	if c.n > 0 {
+		c.signal() // for another goroutine waiting in Read
+	}
+	return b
 }
 
 // TakeFrames appends to dst the lengths of the datagrams whose bytes Read has

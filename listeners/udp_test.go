@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -1138,6 +1139,126 @@ func BenchmarkUDPListenerDatagram(b *testing.B) {
 			b.SetBytes(int64(size))
 			for b.Loop() {
 				r.exchange(b)
+			}
+		})
+	}
+}
+
+// TestUDPConnReadFunc: ReadFunc hands over queued datagrams whole and in
+// order, the rest of one a Read returned part of, waits like Read (deadline,
+// Close), and records frames like Read.
+func TestUDPConnReadFunc(t *testing.T) {
+	l := openUDP(t, "127.0.0.1", "0")
+	client := dialUDP(t, l)
+	send(t, client, []byte("first datagram"))
+	c := accept(t, l)
+	send(t, client, []byte("second"))
+	waitQueued := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for c.queued() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d datagrams queued, want %d", c.queued(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitQueued(2)
+
+	// A Read takes part of the first; ReadFunc gets the rest of it.
+	part := make([]byte, 5)
+	if n, err := c.Read(part); err != nil || string(part[:n]) != "first" {
+		t.Fatalf("Read: %q, %v", part[:n], err)
+	}
+	var got []string
+	collect := func(p []byte) { got = append(got, string(p)) }
+	for range 2 {
+		if err := c.ReadFunc(collect); err != nil {
+			t.Fatalf("ReadFunc: %v", err)
+		}
+	}
+	if want := []string{" datagram", "second"}; !slices.Equal(got, want) {
+		t.Fatalf("ReadFunc got %q, want %q", got, want)
+	}
+	if f := c.TakeFrames(nil); !slices.Equal(f, []int{len("first datagram"), len("second")}) {
+		t.Errorf("frames %v", f)
+	}
+
+	// It waits for a datagram that comes later.
+	done := make(chan string, 1)
+	go func() {
+		if err := c.ReadFunc(func(p []byte) { done <- string(p) }); err != nil {
+			done <- err.Error()
+		}
+	}()
+	time.Sleep(20 * time.Millisecond)
+	send(t, client, []byte("third"))
+	select {
+	case s := <-done:
+		if s != "third" {
+			t.Fatalf("waiting ReadFunc got %q", s)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("waiting ReadFunc got nothing")
+	}
+
+	// Deadline.
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Millisecond))
+	start := time.Now()
+	err := c.ReadFunc(func([]byte) { t.Error("fn called without a datagram") })
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("ReadFunc past the deadline: %v", err)
+	}
+	if d := time.Since(start); d < 20*time.Millisecond || d > 2*time.Second {
+		t.Errorf("deadline fired after %s", d)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+
+	// Close wakes a waiting ReadFunc.
+	errc := make(chan error, 1)
+	go func() { errc <- c.ReadFunc(func([]byte) {}) }()
+	time.Sleep(20 * time.Millisecond)
+	c.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("ReadFunc after Close: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Close did not wake ReadFunc")
+	}
+}
+
+// TestUDPListenerReadFuncZeroAlloc: receiving a datagram through ReadFunc
+// and replying allocates nothing, for every size class.
+func TestUDPListenerReadFuncZeroAlloc(t *testing.T) {
+	if raceEnabled() {
+		t.Skip("the race detector makes sync.Pool drop buffers; CI runs ZeroAlloc tests without -race")
+	}
+	for _, size := range []int{64, 1400, 65507} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			r := newUDPRig(t, size)
+			var n int
+			fn := func(p []byte) {
+				n = len(p)
+				if _, err := r.conn.Write(p); err != nil {
+					t.Error(err)
+				}
+			}
+			_ = r.conn.SetReadDeadline(time.Now().Add(time.Minute))
+			if a := testing.AllocsPerRun(500, func() {
+				_ = r.conn.SetReadDeadline(time.Now().Add(time.Minute))
+				if err := r.conn.ReadFunc(fn); err != nil || n != len(r.msg) {
+					t.Fatalf("ReadFunc: %d, %v", n, err)
+				}
+				if m, err := r.client.Read(r.buf); err != nil || m != len(r.msg) {
+					t.Fatalf("client Read: %d, %v", m, err)
+				}
+				if _, err := r.client.Write(r.msg); err != nil {
+					t.Fatal(err)
+				}
+			}); a != 0 {
+				t.Errorf("%v allocations per datagram and reply", a)
 			}
 		})
 	}

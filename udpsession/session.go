@@ -31,6 +31,17 @@ type Conn interface {
 	SetReadDeadline(t time.Time) error
 }
 
+// FuncReader is an optional interface of a Conn whose datagrams can be read
+// without a buffer of the reader's: ReadFunc waits like Read (same deadline
+// and close errors) and calls fn with the next datagram, valid only until fn
+// returns. Serve uses it when the Conn has it, so that a client session
+// waiting for its client holds no datagram buffer; with a plain Conn it
+// holds a pooled 64 KiB buffer for its whole life. A *listeners.UDPConn
+// (between+udp) has it; caddy-l4's own UDP connections do not.
+type FuncReader interface {
+	ReadFunc(fn func(p []byte)) error
+}
+
 // Config are the limits of the virtual sessions of a handler. Serve only
 // reads it; one Config serves every client session of a handler.
 type Config struct {
@@ -155,9 +166,13 @@ var errNoForwarder = errors.New("udpsession: max_requests 1 without transparent 
 //
 // Each virtual session counts once in b.Stats and total (AddTotal); bytes
 // client -> backend are Tx, backend -> client Rx, on both. Serve runs in the
-// caller's goroutine plus one per open virtual session (its reply reader)
-// and allocates nothing per datagram once a virtual session is open: the
-// client session and each virtual session hold one pooled 64 KiB buffer.
+// caller's goroutine plus one per open or parked virtual session (its reply
+// reader) and allocates nothing per datagram once a virtual session is open.
+// Waiting costs no datagram buffer: a reply reader takes a pooled 64 KiB
+// buffer only once a reply is there (on Linux; elsewhere it holds one while
+// it waits) and gives it back once the reply is written to the client, and a
+// client session reads through FuncReader when c has it; otherwise it holds
+// one pooled 64 KiB buffer while it lasts.
 //
 // A virtual session that completed (max_responses replies for each of its
 // requests) does not close its socket: it releases its backend and parks
@@ -177,19 +192,33 @@ func Serve(c Conn, client netip.AddrPort, cfg *Config, el Elector, ctr *Counters
 	s := &session{c: c, client: client, cfg: cfg, el: el, ctr: ctr, total: total, idle: cfg.idle()}
 	now := time.Now()
 	s.last.Store(now.UnixNano())
-	bp := bufPool.Get().(*[]byte)
-	defer func() {
-		s.closeAll()
-		bufPool.Put(bp)
-	}()
-	buf := *bp
+	defer s.closeAll()
+	fr, _ := c.(FuncReader)
+	var buf []byte
+	var relayFn func([]byte)
+	if fr != nil {
+		relayFn = func(p []byte) {
+			s.last.Store(time.Now().UnixNano())
+			s.relay(p)
+		}
+	} else {
+		bp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bp)
+		buf = *bp
+	}
 	// The deadline is set once and moved only when it fires: activity just
 	// records its time, so a busy session makes no deadline calls.
 	if s.idle > 0 {
 		c.SetReadDeadline(now.Add(s.idle))
 	}
 	for {
-		n, err := c.Read(buf)
+		var n int
+		var err error
+		if fr != nil {
+			err = fr.ReadFunc(relayFn)
+		} else {
+			n, err = c.Read(buf)
+		}
 		if err != nil {
 			if s.idle > 0 && isTimeout(err) {
 				last := time.Unix(0, s.last.Load())
@@ -204,8 +233,10 @@ func Serve(c Conn, client netip.AddrPort, cfg *Config, el Elector, ctr *Counters
 			}
 			return fmt.Errorf("udp session of %s: read from client: %w", client, err)
 		}
-		s.last.Store(time.Now().UnixNano())
-		s.relay(buf[:n])
+		if fr == nil {
+			s.last.Store(time.Now().UnixNano())
+			s.relay(buf[:n])
+		}
 	}
 }
 
@@ -242,6 +273,7 @@ type vsession struct {
 	s      *session
 	b      *backend.Backend // fixed for the socket's life: a parked socket is reused only for b
 	conn   *net.UDPConn
+	rr     *replyReader // reads conn
 	idx    int          // position in s.open, guarded by s.mu
 	cached bool         // in s.parked, guarded by s.mu
 	last   atomic.Int64 // unix nanoseconds of the last datagram through it
@@ -361,8 +393,13 @@ func (s *session) dial(b *backend.Backend) (*vsession, error) {
 	if err != nil {
 		return nil, err
 	}
+	rr, err := newReplyReader(conn)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
 	now := time.Now()
-	vs := &vsession{s: s, b: b, conn: conn}
+	vs := &vsession{s: s, b: b, conn: conn, rr: rr}
 	vs.last.Store(now.UnixNano())
 	if s.idle > 0 {
 		conn.SetReadDeadline(now.Add(s.idle))
@@ -520,14 +557,13 @@ func (s *session) closeAll() {
 // is reused, closed, or idles out parked.
 func (vs *vsession) readReplies() {
 	s := vs.s
-	bp := bufPool.Get().(*[]byte)
 	var err error
-	defer func() { vs.end(bp, err) }()
-	buf := *bp
+	defer func() { vs.end(err) }()
 	maxResponses := s.cfg.MaxResponses
 	for {
+		var bp *[]byte
 		var n int
-		n, err = vs.conn.Read(buf)
+		bp, n, err = vs.rr.next()
 		if err != nil {
 			if isTimeout(err) {
 				if vs.idledOut() {
@@ -545,6 +581,7 @@ func (vs *vsession) readReplies() {
 				// Parked (or failed): a late reply to a request whose
 				// replies were all relayed. Discarded; it is no activity.
 				vs.mu.Unlock()
+				bufPool.Put(bp)
 				continue
 			}
 			vs.replies++
@@ -557,13 +594,14 @@ func (vs *vsession) readReplies() {
 		now := time.Now().UnixNano()
 		vs.last.Store(now)
 		s.last.Store(now)
-		if _, err := s.c.Write(buf[:n]); err != nil {
+		if _, err := s.c.Write((*bp)[:n]); err != nil {
 			s.ctr.Dropped[ClientGone].Add(1)
 		} else {
 			s.ctr.PacketsOut.Add(1)
 			vs.b.Stats.AddRx(int64(n))
 			s.total.AddRx(int64(n))
 		}
+		bufPool.Put(bp)
 		if complete && !vs.park() {
 			return
 		}
@@ -671,7 +709,7 @@ func (s *session) uncache(vs *vsession) {
 // it, if any: an ICMP error (port unreachable: ECONNREFUSED) for what was
 // sent is reported as a failure of the backend, unless the session was
 // parked (it owes no reply).
-func (vs *vsession) end(bp *[]byte, err error) {
+func (vs *vsession) end(err error) {
 	s := vs.s
 	s.mu.Lock()
 	if vs.cached {
@@ -696,7 +734,6 @@ func (vs *vsession) end(bp *[]byte, err error) {
 		vs.b.Release()
 		s.ctr.Sessions.Add(-1)
 	}
-	bufPool.Put(bp)
 	s.wg.Done()
 }
 
