@@ -22,7 +22,9 @@ import (
 // its virtual sessions, and the election udpsession.Serve calls back into.
 type udpHandler struct {
 	h           *Handler
-	cfg         udpsession.Config // Forwarder is set per state, see config
+	cfg         udpsession.Config // on caddy-l4's own UDP server
+	lingerCfg   udpsession.Config // on a between+udp listener
+	once        sync.Once         // finish, at the first client
 	maxSessions int64
 }
 
@@ -167,13 +169,12 @@ func (h *Handler) handleUDP(cx *layer4.Connection) error {
 		fc.frames = lc.TakeFrames(fc.frames[:0])
 	}
 	defer func() { *fc = framedConn{frames: fc.frames[:0]}; framedPool.Put(fc) }()
+	u.once.Do(func() { u.finish(st) })
 	cfg := &u.cfg
-	if cfg.MaxRequests == 1 && !cfg.Transparent {
-		cfg = st.forwarderConfig(cfg)
-	}
 	var c udpsession.Conn = fc
 	if fc.lc != nil {
 		c = funcFramedConn{fc} // a udpsession.FuncReader: no buffer held while idle
+		cfg = &u.lingerCfg
 	}
 	return udpsession.Serve(c, client, cfg, u, st.udp, st.stats)
 }
@@ -297,15 +298,20 @@ func (u *udpHandler) Failed(b *backend.Backend, err error) {
 	}
 }
 
-// forwarderConfig returns cfg with the state's fire-and-forget forwarder:
-// one socket per backend, shared by every client session of the handler.
-func (st *state) forwarderConfig(cfg *udpsession.Config) *udpsession.Config {
-	st.fwdOnce.Do(func() {
-		c := *cfg
-		c.Forwarder = udpsession.NewForwarder()
-		st.fwdCfg = &c
-	})
-	return st.fwdCfg
+// finish completes the handler's session configs with its state's
+// forwarder. The between+udp one lingers: a client session with nothing in
+// flight ends after udpLinger without a datagram, as the listener hands
+// datagrams that arrive meanwhile to a new session (caddy-l4's own UDP server
+// would drop them, so there sessions last the idle timeout).
+func (u *udpHandler) finish(st *state) {
+	u.cfg.Forwarder = st.fwd
+	u.lingerCfg = u.cfg
+	u.lingerCfg.Linger = udpLinger
 }
+
+// udpLinger is how long a between+udp client session with nothing in flight
+// waits for the client's next datagram before it ends (releasing its
+// goroutines and parked sockets), when that is sooner than the idle timeout.
+const udpLinger = time.Second
 
 var _ udpsession.FuncReader = funcFramedConn{}

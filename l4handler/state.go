@@ -55,11 +55,10 @@ type state struct {
 	conns sync.Map // net.Conn -> struct{}: open client connections, for draining
 
 	// udp holds a UDP handler's datagram and session totals, shared with
-	// the state this one replaced; fwdCfg is the fire-and-forget config
-	// with the state's per-backend sockets (max_requests 1), made once.
-	udp     *udpsession.Counters
-	fwdOnce sync.Once
-	fwdCfg  *udpsession.Config
+	// the state this one replaced; fwd the fire-and-forget per-backend
+	// sockets (max_requests 1), opened on first use.
+	udp *udpsession.Counters
+	fwd *udpsession.Forwarder
 
 	// events is where backend and discovery events go: the events app of the
 	// newest config that started this state. Until the first one has started
@@ -113,6 +112,9 @@ func newState(h *Handler) *state {
 	st.health = newHealth(h, st, prev)
 	st.stats = new(backend.Stats)
 	st.udp = new(udpsession.Counters)
+	if h.udp != nil && h.udp.cfg.MaxRequests == 1 && !h.udp.cfg.Transparent {
+		st.fwd = udpsession.NewForwarder() // no socket until the first datagram
+	}
 	if prev != nil {
 		st.stats = prev.stats
 		st.udp = prev.udp
@@ -133,8 +135,8 @@ func (st *state) Destruct() error {
 	}
 	st.wg.Wait()
 	st.health.Stop()
-	if st.fwdCfg != nil {
-		st.fwdCfg.Forwarder.Close()
+	if st.fwd != nil {
+		st.fwd.Close()
 	}
 	return nil
 }

@@ -684,6 +684,7 @@ type UDPConn struct {
 	cur      *udpBuf
 	off      int
 	closeErr error
+	popped   bool // Read has taken a datagram: see close
 	deadline time.Time
 	timer    *time.Timer
 	// frames are the lengths of the datagrams Read has started to return,
@@ -850,6 +851,7 @@ func (c *UDPConn) pop() *udpBuf {
 	c.q[c.head] = nil
 	c.head = (c.head + 1) % len(c.q)
 	c.n--
+	c.popped = true
 	if !c.recordingDone {
 		c.frames = append(c.frames, len(b.data))
 		if c.recorded += len(b.data); c.recorded >= udpMaxRecorded {
@@ -887,23 +889,40 @@ func (c *UDPConn) Write(p []byte) (int, error) {
 }
 
 // Close ends the session: it leaves the session table (the client's next
-// datagram starts a new session), its queued datagrams are discarded, and a
-// waiting Read returns net.ErrClosed. The shared socket stays open. Close is
-// idempotent.
+// datagram starts a new session) and a waiting Read returns net.ErrClosed.
+// Datagrams still queued, which arrived after the session's handler read its
+// last one, are not lost when the handler has read at least one: they start
+// a new session, handed to the newest config like any new client (a session
+// closed before any Read discards them). The shared socket stays open.
+// Close is idempotent.
 func (c *UDPConn) Close() error {
 	c.close(net.ErrClosed)
 	return nil
 }
 
-// close ends the session with err as Read's result.
+// close ends the session with err as Read's result. When the handler
+// closes it (net.ErrClosed), its queued datagrams move to a new session;
+// otherwise (the socket closed, the sweeper, no listener) they are freed.
 func (c *UDPConn) close(err error) {
+	sh := c.shard
+	sh.mu.Lock() // the order deliver takes the locks in
 	c.mu.Lock()
 	if c.closeErr != nil {
 		c.mu.Unlock()
+		sh.mu.Unlock()
 		return
 	}
 	c.closeErr = err
 	c.closed.Store(true)
+	var next *UDPConn
+	// Only a session whose handler read something hands its queue on: a
+	// handler that refuses a client without reading would otherwise get
+	// the same datagrams back forever.
+	if err == net.ErrClosed && c.popped && c.n > 0 && sh.m[c.client] == c && c.sock.target.Load() != nil {
+		next = newUDPConn(c.sock, sh, c.client)
+		next.q, next.head, next.n = c.q, c.head, c.n
+		c.q, c.head, c.n = nil, 0, 0
+	}
 	for ; c.n > 0; c.n-- {
 		c.q[c.head].free()
 		c.q[c.head] = nil
@@ -920,13 +939,20 @@ func (c *UDPConn) close(err error) {
 	}
 	c.signal()
 	c.mu.Unlock()
-
-	c.shard.mu.Lock()
-	if c.shard.m[c.client] == c {
-		delete(c.shard.m, c.client)
+	switch {
+	case next != nil:
+		sh.m[c.client] = next // the session count stays: one replaces the other
+	case sh.m[c.client] == c:
+		delete(sh.m, c.client)
+		c.sock.sessions.Add(-1)
+	default:
+		c.sock.sessions.Add(-1)
 	}
-	c.shard.mu.Unlock()
-	c.sock.sessions.Add(-1)
+	sh.mu.Unlock()
+	if next != nil && !c.sock.dispatch(next) {
+		c.sock.droppedBacklog.Add(uint64(next.queued()))
+		next.close(io.EOF)
+	}
 }
 
 // LocalAddr returns the shared socket's address, a *net.UDPAddr.

@@ -1263,3 +1263,46 @@ func TestUDPListenerReadFuncZeroAlloc(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPCloseHandsQueueOn: a handler that read a datagram and closes its
+// session while more wait (they arrived after its last Read) loses none of
+// them: they start a new session, in order; a session closed before any
+// Read discards its queue (a refusing handler must not get it back).
+func TestUDPCloseHandsQueueOn(t *testing.T) {
+	l := openUDP(t, "127.0.0.1", freeUDPPort(t, "127.0.0.1"))
+	client := dialUDP(t, l)
+	for _, m := range []string{"one", "two", "three"} {
+		send(t, client, []byte(m))
+	}
+	waitPackets(t, l, 3)
+	first := accept(t, l)
+	if got := readDatagram(t, first); string(got) != "one" {
+		t.Fatalf("first datagram %q", got)
+	}
+	first.Close()
+	next := accept(t, l)
+	for _, want := range []string{"two", "three"} {
+		if got := readDatagram(t, next); string(got) != want {
+			t.Fatalf("after the hand-over: %q, want %q", got, want)
+		}
+	}
+	if s := stats(t, l); s.Sessions != 1 {
+		t.Fatalf("%d sessions, want 1", s.Sessions)
+	}
+
+	// closed without a Read: its queue is dropped, no new session
+	next.Close()
+	send(t, client, []byte("four"))
+	send(t, client, []byte("five"))
+	waitPackets(t, l, 5)
+	refused := accept(t, l)
+	refused.Close()
+	if s := stats(t, l); s.Sessions != 0 {
+		t.Fatalf("%d sessions after closing an unread session, want 0", s.Sessions)
+	}
+	select {
+	case c := <-l.queue:
+		t.Fatalf("an unread session's queue came back as session %v", c.RemoteAddr())
+	default:
+	}
+}

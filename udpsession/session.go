@@ -65,6 +65,15 @@ type Config struct {
 	// Forwarder sends fire-and-forget datagrams. Required when MaxRequests
 	// is 1 and Transparent is false.
 	Forwarder *Forwarder
+	// Linger, when > 0, ends the client session once nothing is in flight
+	// (every virtual session completed and parked, or fire-and-forget) and
+	// no datagram came from the client for this long, before the idle
+	// timeout: like nginx's proxy_responses, a DNS-style client using a new
+	// source port per query then holds no session (goroutines, sockets)
+	// for the whole idle timeout. Only where closing the client conn loses
+	// no datagram that arrives meanwhile (a between+udp listener hands them
+	// to a new session); 0 = no early end.
+	Linger time.Duration
 }
 
 // idle is the smaller non-zero of the two idle timeouts, 0 if neither is set.
@@ -208,8 +217,12 @@ func Serve(c Conn, client netip.AddrPort, cfg *Config, el Elector, ctr *Counters
 	}
 	// The deadline is set once and moved only when it fires: activity just
 	// records its time, so a busy session makes no deadline calls.
-	if s.idle > 0 {
-		c.SetReadDeadline(now.Add(s.idle))
+	wait := s.idle
+	if l := cfg.Linger; l > 0 && (wait == 0 || l < wait) {
+		wait = l
+	}
+	if wait > 0 {
+		c.SetReadDeadline(now.Add(wait))
 	}
 	for {
 		var n int
@@ -220,13 +233,19 @@ func Serve(c Conn, client netip.AddrPort, cfg *Config, el Elector, ctr *Counters
 			n, err = c.Read(buf)
 		}
 		if err != nil {
-			if s.idle > 0 && isTimeout(err) {
+			if wait > 0 && isTimeout(err) {
 				last := time.Unix(0, s.last.Load())
-				if time.Since(last) < s.idle {
-					c.SetReadDeadline(last.Add(s.idle))
-					continue
+				quiet := time.Since(last)
+				if (s.idle > 0 && quiet >= s.idle) || (cfg.Linger > 0 && quiet >= cfg.Linger && s.settled()) {
+					return nil
 				}
-				return nil
+				c.SetReadDeadline(last.Add(wait))
+				if !last.Add(wait).After(time.Now()) {
+					// lingering with something in flight: look again
+					// after another wait, not at once
+					c.SetReadDeadline(time.Now().Add(wait))
+				}
+				continue
 			}
 			if isClosed(err) {
 				return nil
@@ -530,6 +549,14 @@ func (s *session) sendTransparent(b *backend.Backend, p []byte) error {
 	_, err = conn.Write(p)
 	conn.Close()
 	return err
+}
+
+// settled reports whether nothing is in flight: every open virtual session
+// completed and is parked (with fire-and-forget none is ever open).
+func (s *session) settled() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.open) == s.nparked
 }
 
 // closeAll closes every virtual session's socket, parked ones included,

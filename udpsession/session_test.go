@@ -1061,3 +1061,47 @@ func TestServeParkedIdle(t *testing.T) {
 	}
 	r.wait(t, idle+2*time.Second) // the client goes quiet: everything closes
 }
+
+// TestServeLinger: with Linger, a client session whose virtual sessions
+// all completed ends after Linger without a datagram, long before the idle
+// timeout; one still waiting for a reply, or one without max_responses
+// (nothing ever completes), lasts until the idle timeout.
+func TestServeLinger(t *testing.T) {
+	const linger, idle = 150 * time.Millisecond, 1200 * time.Millisecond
+	for _, tc := range []struct {
+		name    string
+		cfg     Config
+		replies int
+		early   bool // ends after linger, not idle
+	}{
+		{"completed", Config{MaxResponses: 1, ClientIdle: idle, Linger: linger}, 1, true},
+		{"fire and forget", Config{MaxRequests: 1, ClientIdle: idle, Linger: linger}, 1, true},
+		{"reply pending", Config{MaxResponses: 1, ClientIdle: idle, Linger: linger}, 0, false},
+		{"no max_responses", Config{ClientIdle: idle, Linger: linger}, 1, false},
+		{"no linger", Config{MaxResponses: 1, ClientIdle: idle}, 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := startEcho(t, tc.replies, false)
+			cfg := tc.cfg
+			if cfg.MaxRequests == 1 {
+				cfg.Forwarder = NewForwarder()
+			}
+			r := startServe(t, &cfg, newElector(e.b))
+			if tc.replies > 0 && cfg.MaxRequests != 1 {
+				r.exchange(t, "ping")
+			} else {
+				r.c.send("ping")
+				waitFor(t, 3*time.Second, "the backend to get the datagram", func() bool { return e.got.Load() == 1 })
+			}
+			start := time.Now()
+			if tc.early {
+				r.wait(t, idle-200*time.Millisecond)
+				return
+			}
+			r.wait(t, idle+2*time.Second)
+			if d := time.Since(start); d < idle-200*time.Millisecond {
+				t.Fatalf("Serve returned %s after the last datagram: before the idle timeout %s", d, idle)
+			}
+		})
+	}
+}
