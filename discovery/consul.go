@@ -349,7 +349,7 @@ func (c *Consul) explain(err error) error {
 func (c *Consul) backends(entries []*api.ServiceEntry) []backend.Backend {
 	out := make([]backend.Backend, 0, len(entries))
 	for _, e := range entries {
-		if e.Service == nil {
+		if e == nil || e.Service == nil {
 			continue
 		}
 		s := e.Service
@@ -357,7 +357,8 @@ func (c *Consul) backends(entries []*api.ServiceEntry) []backend.Backend {
 		if host == "" && e.Node != nil {
 			host = e.Node.Address
 		}
-		if host == "" || s.Port <= 0 || s.Port > 65535 {
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+		if !usableAddress(host, s.Port) {
 			c.logger.Warn("consul: skipping a service instance without a usable address",
 				zap.String("service", s.Service), zap.String("id", s.ID),
 				zap.String("host", host), zap.Int("port", s.Port))
@@ -370,9 +371,9 @@ func (c *Consul) backends(entries []*api.ServiceEntry) []backend.Backend {
 			}
 		}
 		if s.Weights.Passing != 0 || s.Weights.Warning != 0 {
-			b.Weight = s.Weights.Passing
+			b.Weight = max(s.Weights.Passing, 0)
 			if e.Checks.AggregatedStatus() == api.HealthWarning {
-				b.Weight = s.Weights.Warning
+				b.Weight = max(s.Weights.Warning, 0)
 			}
 		}
 		out = append(out, b)

@@ -443,6 +443,9 @@ func (s *Docker) address(ctx context.Context, c *dockerContainer) (host string, 
 		if ip == "" {
 			return "", 0, fmt.Sprintf("no IP address on network %q (docker_network)", s.DockerNetwork), nil
 		}
+		if net.ParseIP(ip) == nil {
+			return "", 0, fmt.Sprintf("address %q on network %q (docker_network) is not an IP address", ip, s.DockerNetwork), nil
+		}
 		return ip, private, "", nil
 	}
 

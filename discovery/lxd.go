@@ -19,6 +19,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -343,7 +344,7 @@ func (l *LXD) backend(inst *lxdInstance) (*backend.Backend, string) {
 	}
 	host := ""
 	for _, a := range nic.Addresses {
-		if a.Family == family && a.Scope != "link" && a.Address != "" {
+		if _, err := netip.ParseAddr(a.Address); err == nil && a.Family == family && a.Scope != "link" {
 			host = a.Address
 			break
 		}

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -729,11 +728,11 @@ func TestLXDReal(t *testing.T) {
 			return errs[n:]
 		}
 		// A daemon that does not answer: each fetch times out.
-		d.Signal(syscall.SIGSTOP)
+		d.Pause()
 		_, lists, errs := f.current()
 		lxdWaitUntil(t, 5*time.Second, "a timed-out fetch", func() bool { return len(errsSince(len(errs))) > 0 })
 		t.Logf("unanswered daemon: %v", errsSince(len(errs))[0])
-		d.Signal(syscall.SIGCONT)
+		d.Resume()
 		if got, n, _ := f.current(); got != "127.0.0.1:8080" || n != lists {
 			t.Fatalf("while the daemon hung: list %q after %d updates, want the last one kept without updates", got, n-lists)
 		}

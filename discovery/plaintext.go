@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"unicode"
 
@@ -197,6 +198,17 @@ func assemble(host, port string, attrs [][2]string) (backend.Backend, error) {
 		line.WriteString(" " + a[0] + "=" + a[1])
 	}
 	return backend.Parse(line.String())
+}
+
+// usableAddress reports whether host and port, as a source read them from
+// an answer, make a backend address that a backend line can say: a host
+// without white space (IPv6 without brackets), a port from 1 to 65535.
+func usableAddress(host string, port int) bool {
+	if strings.ContainsFunc(host, unicode.IsSpace) {
+		return false
+	}
+	_, _, err := backend.SplitHostPort(net.JoinHostPort(host, strconv.Itoa(port)))
+	return err == nil
 }
 
 // maxBody bounds the size of an endpoint's answer.

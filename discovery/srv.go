@@ -130,6 +130,15 @@ func (s *SRV) Fetch(ctx context.Context) ([]backend.Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("srv: %w", err)
 	}
+	return s.backends(name, resp, func(target string) ([]netip.Addr, string, error) {
+		return s.lookupAddrs(ctx, target)
+	})
+}
+
+// backends turns resp, the answer to the SRV question for name, into
+// backends. lookup finds the addresses of a target that the answer's
+// additional section does not give (or why it has none).
+func (s *SRV) backends(name string, resp *dns.Msg, lookup func(target string) ([]netip.Addr, string, error)) ([]backend.Backend, error) {
 	if resp.Rcode != dns.RcodeSuccess {
 		return nil, fmt.Errorf("srv: SRV %s at %s: server answered %s", name, s.LookupServer, rcodeName(resp.Rcode))
 	}
@@ -176,7 +185,8 @@ func (s *SRV) Fetch(ctx context.Context) ([]backend.Backend, error) {
 			addrs = extra.of(target)
 			if len(addrs) == 0 {
 				var reason string
-				addrs, reason, err = s.lookupAddrs(ctx, target)
+				var err error
+				addrs, reason, err = lookup(target)
 				if err != nil {
 					return nil, fmt.Errorf("srv: address of target %s: %w", sni, err)
 				}

@@ -55,6 +55,12 @@ fi
 echo "== go vet"
 go vet ./...
 
+echo "== cross-compile and vet: linux/arm64 darwin/arm64 windows/amd64 freebsd/amd64 (e2e drives Linux only)"
+for p in linux/arm64 darwin/arm64 windows/amd64 freebsd/amd64; do
+	CGO_ENABLED=0 GOOS=${p%/*} GOARCH=${p#*/} go build -o /dev/null ./cmd/caddy
+	CGO_ENABLED=0 GOOS=${p%/*} GOARCH=${p#*/} go vet $(go list ./... | grep -v /e2e)
+done
+
 echo "== staticcheck"
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
@@ -66,6 +72,8 @@ go test -race -count=1 -timeout 40m ./...
 
 echo "== zero-allocation checks without the race detector"
 go test -count=1 -run 'ZeroAlloc' $(go list ./... | grep -v /e2e)
+
+echo "== fuzzing: every fuzz target, ${FUZZTIME:-30s} each"; bash scripts/fuzz.sh
 
 # caddy-l4 v0.1.2 against the versions this module builds with (Caddy
 # v2.11.9 brings go-proxyproto v0.15.0, caddy-l4 was tested with v0.13.0).

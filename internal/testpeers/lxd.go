@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -119,21 +118,6 @@ func lxdImage(busybox string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-func machineArch() string {
-	var u syscall.Utsname
-	if syscall.Uname(&u) != nil {
-		return "unknown"
-	}
-	var b []byte
-	for _, c := range u.Machine {
-		if c == 0 {
-			break
-		}
-		b = append(b, byte(c))
-	}
-	return string(b)
-}
-
 // StartLXD starts an LXD daemon for t (and its subtests) whose instance
 // names begin with namePrefix, a random suffix and "-"; it is shut down with
 // its instances when t ends. Without lxd, lxc, a static /bin/busybox or root
@@ -162,7 +146,7 @@ func StartLXD(t testing.TB, namePrefix string) *LXD {
 		"HTTPS_PROXY=http://127.0.0.1:9", "HTTP_PROXY=http://127.0.0.1:9")
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	// SIGPWR makes LXD stop its instances and exit, should the test binary die.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGPWR}
+	d.cmd.SysProcAttr = lxdProcAttr()
 	start := time.Now()
 	if err := d.cmd.Start(); err != nil {
 		logf.Close()
@@ -232,12 +216,19 @@ func (d *LXD) Signal(sig os.Signal) error {
 	return d.cmd.Process.Signal(sig)
 }
 
+// Pause stops the daemon's process (SIGSTOP): it hangs, its socket accepts
+// but nothing answers, until Resume.
+func (d *LXD) Pause() error { return pause(d.cmd.Process) }
+
+// Resume continues the process that Pause stopped (SIGCONT).
+func (d *LXD) Resume() error { return resume(d.cmd.Process) }
+
 // cleanup shuts the daemon down with its instances, then removes its files.
 func (d *LXD) cleanup(t testing.TB) {
 	select {
 	case <-d.exited:
 	default:
-		d.cmd.Process.Signal(syscall.SIGCONT) // in case a test left it stopped
+		_ = resume(d.cmd.Process) // in case a test left it stopped
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		cmd := exec.CommandContext(ctx, "lxd", "shutdown")
 		cmd.Env = append(os.Environ(), "LXD_DIR="+d.Dir)

@@ -13,10 +13,8 @@ import (
 	"debug/elf"
 	"net"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 )
 
@@ -63,26 +61,6 @@ func staticBinary(path string) bool {
 		}
 	}
 	return true
-}
-
-// unmountUnder detaches every mount at or below dir, deepest first (dockerd
-// and LXD leave bind mounts and netns mounts behind).
-func unmountUnder(dir string) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	var points []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			points = append(points, f[4])
-		}
-	}
-	slices.SortFunc(points, func(a, b string) int { return len(b) - len(a) })
-	for _, p := range points {
-		syscall.Unmount(p, syscall.MNT_DETACH)
-	}
 }
 
 // ProcessGone reports whether the process pid has exited (a zombie that
