@@ -217,7 +217,7 @@ func TestBadReloadKeepsOldConfig(t *testing.T) {
 	}{
 		{"bad duration", withField("client_idle_timeout", "soon"), []string{"server 'keep'", "route 0", "client_idle_timeout"}},
 		{"negative max_connections", withField("max_connections", -1), []string{"server 'keep'", "route 0", `between handler "keep"`, "max_connections"}},
-		{"udp block on a tcp listener", withField("udp", map[string]any{"max_sessions": 10}), []string{"server 'keep'", "route 0", `"udp"`}},
+		{"udp block on a tcp listener", withField("udp", map[string]any{"max_sessions": 10}), []string{"server 'keep'", "route 0", "udp: only for UDP listeners"}},
 		{"one name, two configs", layer4(map[string]any{
 			"keep":  map[string]any{"listen": []string{shared(addr)}, "routes": []any{map[string]any{"handle": []any{betweenHandler("keep", staticServer(shared(addr), be.addr))}}}},
 			"other": map[string]any{"listen": []string{shared(other)}, "routes": []any{map[string]any{"handle": []any{betweenHandler("keep", withRetries)}}}},

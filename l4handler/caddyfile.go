@@ -23,6 +23,7 @@ import (
 //		client_idle_timeout DURATION
 //		backend_idle_timeout DURATION
 //		backend_connection_timeout DURATION
+//		keepalive DURATION
 //		retries N
 //		drain_timeout DURATION
 //		access {
@@ -93,6 +94,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = discovery.DurationArg(d, &h.BackendConnectionTimeout)
 		case "drain_timeout":
 			err = discovery.DurationArg(d, &h.DrainTimeout)
+		case "keepalive":
+			err = discovery.DurationArg(d, &h.Keepalive)
 		case "balance":
 			h.BalanceRaw, err = moduleArg(d, "between.balancers", "policy", &warnings)
 		case "discovery":

@@ -65,8 +65,11 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	// (so that the kernel splices), else (after caddy-l4's tls or
 	// proxy_protocol handlers) the connection as caddy-l4 wrapped it.
 	var down net.Conn = cx
-	if _, ok := cx.Conn.(*net.TCPConn); ok {
-		down = cx.Conn
+	if tc, ok := cx.Conn.(*net.TCPConn); ok {
+		down = tc
+		if h.keepalive.Enable {
+			_ = tc.SetKeepAliveConfig(h.keepalive)
+		}
 	}
 	if h.DrainTimeout > 0 {
 		// only a drain_timeout ever closes connections from outside
@@ -77,7 +80,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	// Bytes caddy-l4's matchers already read (a tls matcher's ClientHello,
 	// an http matcher's request line) go to the backend first.
 	pb := prefixPool.Get().(*[]byte)
-	defer func() { *pb = (*pb)[:0]; prefixPool.Put(pb) }()
+	defer func() { releasePrefix(pb) }()
 	prefix := *pb
 	if h.sni != nil {
 		if name, ok := cx.Replacer().Get("l4.tls.server_name"); ok {
@@ -133,15 +136,37 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 			st.stats.AddTx(n)
 		}
 	}
+	// the session may idle for hours: give the buffer back now
+	releasePrefix(pb)
+	pb = nil
+	cnt := counterPool.Get().(*counter)
+	cnt.backend, cnt.handler = b.Stats, st.stats
 	res := tcpproxy.Proxy(down, up, tcpproxy.Options{
 		ClientIdle:  time.Duration(h.ClientIdleTimeout),
 		BackendIdle: time.Duration(h.BackendIdleTimeout),
-		OnTx:        func(n int64) { b.Stats.AddTx(n); st.stats.AddTx(n) },
-		OnRx:        func(n int64) { b.Stats.AddRx(n); st.stats.AddRx(n) },
+		OnTx:        cnt.onTx,
+		OnRx:        cnt.onRx,
 	})
+	cnt.backend, cnt.handler = nil, nil
+	counterPool.Put(cnt)
 	h.logAccess(netip.AddrPortFrom(client.IP, client.Port), b, start, res)
 	return nil
 }
+
+// counter adds a session's bytes to its backend's and its handler's
+// counters. It is pooled with its OnTx/OnRx functions made once:
+// closures made per connection would cost two allocations.
+type counter struct {
+	backend, handler *backend.Stats
+	onTx, onRx       func(int64)
+}
+
+var counterPool = sync.Pool{New: func() any {
+	c := new(counter)
+	c.onTx = func(n int64) { c.backend.AddTx(n); c.handler.AddTx(n) }
+	c.onRx = func(n int64) { c.backend.AddRx(n); c.handler.AddRx(n) }
+	return c
+}}
 
 // clientPool holds the per-connection election input, which escapes through
 // the Balancer interface and would otherwise be allocated per connection.
@@ -157,6 +182,14 @@ func releaseClient(c *balancers.Client) {
 
 // prefixPool holds the buffers of bytes read before the backend was chosen.
 var prefixPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// releasePrefix returns a buffer of prefixPool, if pb is not nil.
+func releasePrefix(pb *[]byte) {
+	if pb != nil {
+		*pb = (*pb)[:0]
+		prefixPool.Put(pb)
+	}
+}
 
 // clientAddr is the client's address for access rules and hashing: the one
 // caddy-l4 reports, which after its proxy_protocol handler is the address

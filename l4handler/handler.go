@@ -59,6 +59,13 @@ type Handler struct {
 	BackendIdleTimeout caddy.Duration `json:"backend_idle_timeout,omitempty"`
 	// Time limit to connect to a backend. "0" = the operating system's.
 	BackendConnectionTimeout caddy.Duration `json:"backend_connection_timeout,omitempty"`
+	// TCP keepalive on both sockets of a session: the idle time before the
+	// first probe (probes then every 15s, 9 unanswered close the socket).
+	// "0" (default) = off, as in HAProxy: Between sets no keepalive option on
+	// the backend socket, and none on the client socket beyond what the
+	// listener did (between+tcp/ listeners accept without keepalive; plain
+	// addresses keep Go's default, on after 15s).
+	Keepalive caddy.Duration `json:"keepalive,omitempty"`
 	// On a failed dial, elect again among the other eligible backends up to
 	// this many times. Default 2.
 	Retries *int `json:"retries,omitempty"`
@@ -102,6 +109,10 @@ type Handler struct {
 	sni      *balancers.SNIFilter
 	proxyVer int         // PROXY header version to backends, 0 = none
 	udp      *udpHandler // set when the handler is on a UDP listener
+
+	// keepalive is Keepalive for the client socket; Enable false = leave it
+	// as the listener made it.
+	keepalive net.KeepAliveConfig
 }
 
 // PassiveHealth marks a backend down after max_fails failed dials within
@@ -198,6 +209,7 @@ func (h *Handler) provision(ctx caddy.Context) error {
 	}{
 		{"client_idle_timeout", h.ClientIdleTimeout}, {"backend_idle_timeout", h.BackendIdleTimeout},
 		{"backend_connection_timeout", h.BackendConnectionTimeout}, {"drain_timeout", h.DrainTimeout},
+		{"keepalive", h.Keepalive},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("%s %s: must not be negative", d.field, time.Duration(d.v))
@@ -210,7 +222,13 @@ func (h *Handler) provision(ctx caddy.Context) error {
 		}
 		h.retries = *h.Retries
 	}
-	h.dialer = net.Dialer{Timeout: time.Duration(h.BackendConnectionTimeout)}
+	// KeepAlive -1 saves the four keepalive setsockopts Go's default makes
+	// on every dialed socket.
+	h.dialer = net.Dialer{Timeout: time.Duration(h.BackendConnectionTimeout), KeepAlive: -1}
+	if h.Keepalive > 0 {
+		h.keepalive = net.KeepAliveConfig{Enable: true, Idle: time.Duration(h.Keepalive)}
+		h.dialer.KeepAliveConfig = h.keepalive
+	}
 	if h.Access == nil {
 		h.Access = new(Access)
 	}

@@ -96,6 +96,11 @@ func listenTCP(ctx context.Context, _, host, portRange string, portOffset uint, 
 	shared := port != 0
 	s := registry.sockets[addr]
 	if s == nil || !shared {
+		// No TCP keepalive on accepted connections (Go's default would set
+		// four socket options on each, first probe after 15s): off by
+		// default, as in HAProxy; the between handler's keepalive field
+		// turns it on for the sockets it proxies.
+		cfg.KeepAlive, cfg.KeepAliveConfig = -1, net.KeepAliveConfig{}
 		ln, err := cfg.Listen(ctx, "tcp", addr)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", NetworkTCP, err)

@@ -346,12 +346,34 @@ func TestAcceptedConnIsTCPConn(t *testing.T) {
 			if _, ok := c.(*net.TCPConn); !ok {
 				t.Fatalf("accepted %T, want *net.TCPConn", c)
 			}
+			// keepalive is off by default (the between handler may turn it on)
+			if ka := keepaliveOf(t, c.(*net.TCPConn)); ka != 0 {
+				t.Errorf("SO_KEEPALIVE = %d on an accepted connection, want 0", ka)
+			}
 			echoOne(c)
 			if err := <-errc; err != nil {
 				t.Fatal(err)
 			}
 		})
 	}
+}
+
+// keepaliveOf returns c's SO_KEEPALIVE option.
+func keepaliveOf(t *testing.T, c *net.TCPConn) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var gerr error
+	if err := rc.Control(func(fd uintptr) { v, gerr = getsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_KEEPALIVE) }); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return v
 }
 
 // TestLastCloseClosesSocket: the socket stays while any listener is open;

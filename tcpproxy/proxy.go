@@ -12,6 +12,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -64,35 +65,22 @@ const (
 // connections. When one side half-closes (FIN), the other side's write half
 // is closed and the reverse direction keeps flowing.
 func Proxy(client, backend net.Conn, o Options) Result {
-	s := &session{}
+	// One pooled session per call and one goroutine for the second
+	// direction: no channel, no closure beyond the go statement's.
+	s := sessionPool.Get().(*session)
+	s.client, s.backend, s.o = client, backend, o
 	s.touch()
-	type done struct {
-		n    int64
-		idle bool
-		err  error
-	}
-	ch := make(chan done, 1)
-	go func() {
-		n, idle, err := s.copy(backend, client, o.ClientIdle, o.BackendIdle, o.OnTx, sideClient)
-		if idle || err != nil {
-			// Unblock the other direction: without this a client that
-			// resets while the backend is silent would leave the session
-			// (and the backend connection) open until the backend speaks.
-			client.Close()
-			backend.Close()
-		}
-		ch <- done{n, idle, err}
-	}()
+	go s.forward()
 	rx, idle, err := s.copy(client, backend, o.BackendIdle, o.ClientIdle, o.OnRx, sideBackend)
 	if idle || err != nil {
 		// unblock the other direction
 		client.Close()
 		backend.Close()
 	}
-	d := <-ch
+	<-s.done
 	client.Close()
 	backend.Close()
-	res := Result{Tx: d.n, Rx: rx, Idle: idle || d.idle}
+	res := Result{Tx: s.tx, Rx: rx, Idle: idle || s.txIdle}
 	switch s.firstEOF.Load() {
 	case sideClient:
 		res.ClosedBy = "client"
@@ -102,16 +90,59 @@ func Proxy(client, backend net.Conn, o Options) Result {
 	switch {
 	case err != nil && !isClosed(err):
 		res.Err = err
-	case d.err != nil && !isClosed(d.err):
-		res.Err = d.err
+	case s.txErr != nil && !isClosed(s.txErr):
+		res.Err = s.txErr
 	}
+	s.reset()
+	sessionPool.Put(s)
 	return res
 }
 
-// session is the state both directions share: the time of the last byte.
+// forward is the client->backend direction, run on its own goroutine; its
+// result waits in s until Proxy has received from s.done.
+func (s *session) forward() {
+	n, idle, err := s.copy(s.backend, s.client, s.o.ClientIdle, s.o.BackendIdle, s.o.OnTx, sideClient)
+	if idle || err != nil {
+		// Unblock the other direction: without this a client that
+		// resets while the backend is silent would leave the session
+		// (and the backend connection) open until the backend speaks.
+		s.client.Close()
+		s.backend.Close()
+	}
+	s.tx, s.txIdle, s.txErr = n, idle, err
+	s.done <- struct{}{} // the last touch of s: Proxy may reuse it from here
+}
+
+// session is the state of one Proxy call, pooled: the time of the last byte
+// in either direction, the connections, and the client->backend result.
 type session struct {
 	last     atomic.Int64 // unix nanoseconds
 	firstEOF atomic.Int32 // the side whose EOF came first (sideClient, sideBackend)
+
+	client, backend net.Conn
+	o               Options
+	done            chan struct{} // forward has finished; buffered, reused
+
+	tx     int64 // forward's result
+	txIdle bool
+	txErr  error
+
+	dirs [2]reader // by side-1: client->backend, backend->client
+}
+
+var sessionPool = sync.Pool{New: func() any {
+	s := &session{done: make(chan struct{}, 1)}
+	for i := range s.dirs {
+		s.dirs[i].fn = s.dirs[i].read
+	}
+	return s
+}}
+
+// reset drops every reference s holds, keeping its channel.
+func (s *session) reset() {
+	s.firstEOF.Store(0)
+	s.client, s.backend, s.o = nil, nil, Options{}
+	s.tx, s.txIdle, s.txErr = 0, false, nil
 }
 
 func (s *session) touch() { s.last.Store(time.Now().UnixNano()) }
@@ -149,9 +180,19 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 	splicing := false
 	var buffered int64 // bytes moved through the buffer since the last splice phase
 	var armed bool     // a read deadline is set
-	// The buffer belongs to the direction while it copies through user space
-	// (a blocked read holds it anyway) and goes back to the pool while it
-	// splices: one pool round trip per phase, none per read.
+	// From a *net.TCPConn the direction reads through its raw socket (see
+	// reader): the buffer goes back to the pool whenever the socket has no
+	// data, so an idle connection holds none. Other sources (TLS, unix
+	// sockets) read through Go's Read, which holds the buffer while it
+	// blocks; it returns to the pool while the direction splices.
+	var rd *reader
+	if sTCP != nil && rawReads {
+		if rc, err := sTCP.SyscallConn(); err == nil {
+			rd = &s.dirs[side-1]
+			rd.rc = rc
+			defer rd.done()
+		}
+	}
 	var buf *[]byte
 	defer func() {
 		if buf != nil {
@@ -180,10 +221,14 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 			// splice returns early without error only at EOF
 			eof = err == nil && n < chunk
 		} else {
-			if buf == nil {
-				buf = bufPool.Get().(*[]byte)
+			if rd != nil {
+				n, eof, err = rd.copy(dst)
+			} else {
+				if buf == nil {
+					buf = bufPool.Get().(*[]byte)
+				}
+				n, eof, err = generic(dst, src, *buf)
 			}
-			n, eof, err = generic(dst, src, *buf)
 			buffered += n
 		}
 		// Every write is counted before the next read: a read may block for
@@ -208,7 +253,12 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 			continue
 		}
 		if eof {
-			s.firstEOF.CompareAndSwap(0, side)
+			if !s.firstEOF.CompareAndSwap(0, side) {
+				// The other direction ended first and has read dst to
+				// its EOF: Proxy closes both sockets now, and the close
+				// sends dst its FIN without a shutdown call of its own.
+				return total, false, nil
+			}
 			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 				cw.CloseWrite()
 			} else {
@@ -221,10 +271,72 @@ func (s *session) copy(dst, src net.Conn, idle, other time.Duration, count func(
 			if lr == nil {
 				lr = &io.LimitedReader{R: sTCP}
 			}
-			bufPool.Put(buf)
-			buf = nil
+			if rd != nil {
+				rd.release()
+			} else {
+				bufPool.Put(buf)
+				buf = nil
+			}
 		}
 	}
+}
+
+// reader reads one direction's source socket through its syscall.RawConn:
+// each read takes the buffer from the pool if it has none, and a read that
+// finds no data (EAGAIN) puts it back before the goroutine waits. A blocked
+// direction thus holds no buffer, where Go's Read would hold its 32 KiB
+// (counted by the heap, paged in as data arrives) for as long as the peer
+// stays silent; the reads and syscalls are the same. It lives in the pooled
+// session with its read function made once.
+type reader struct {
+	rc  syscall.RawConn
+	buf *[]byte
+	n   int   // the last read's result
+	err error // the last read's error, other than EAGAIN and EINTR
+	fn  func(fd uintptr) bool
+}
+
+func (r *reader) read(fd uintptr) bool {
+	if r.buf == nil {
+		r.buf = bufPool.Get().(*[]byte)
+	}
+	n, again, err := sysRead(fd, *r.buf)
+	if again {
+		r.release()
+		return false // wait for data (or a deadline, or Close)
+	}
+	r.n, r.err = n, err
+	return true
+}
+
+// copy is generic for a raw socket: one read, and the write of what it
+// returned; it reports the bytes written and whether the source reached EOF.
+func (r *reader) copy(dst net.Conn) (int64, bool, error) {
+	if err := r.rc.Read(r.fn); err != nil {
+		return 0, false, err
+	}
+	if r.err != nil {
+		return 0, false, r.err
+	}
+	if r.n == 0 {
+		return 0, true, nil
+	}
+	w, err := dst.Write((*r.buf)[:r.n])
+	return int64(w), false, err
+}
+
+// release returns the buffer to the pool.
+func (r *reader) release() {
+	if r.buf != nil {
+		bufPool.Put(r.buf)
+		r.buf = nil
+	}
+}
+
+// done ends the direction's use of r.
+func (r *reader) done() {
+	r.release()
+	r.rc, r.n, r.err = nil, 0, nil
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}

@@ -1,0 +1,10 @@
+//go:build unix
+
+package listeners
+
+import "syscall"
+
+// getsockoptInt reads an integer socket option of fd.
+func getsockoptInt(fd uintptr, level, opt int) (int, error) {
+	return syscall.GetsockoptInt(int(fd), level, opt)
+}
