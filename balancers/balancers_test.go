@@ -795,3 +795,35 @@ func TestConcurrentElections(t *testing.T) {
 		})
 	}
 }
+
+// TestRoundRobinRetryTakesNoTurn: a client retrying after a failed dial
+// (Skip set) gets the next eligible backend without moving the shared turn,
+// so with a dead backend in the pool every other client still starts on the
+// live one: the dead backend gets its share of first tries, not all of them.
+func TestRoundRobinRetryTakesNoTurn(t *testing.T) {
+	for _, size := range []int{2, 3} {
+		lines := []string{"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"}[:size]
+		pool := mkPool(t, lines...)
+		dead := pool[0]
+		rr := new(RoundRobin)
+		firstTries := 0
+		const clients = 30
+		for range clients {
+			c := &Client{}
+			b, err := rr.Elect(c, pool)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b == dead { // its dial fails: retry among the others
+				firstTries++
+				c.Skip = append(c.Skip, b)
+				if b, err = rr.Elect(c, pool); err != nil || b == dead {
+					t.Fatalf("retry elected %v, %v", b, err)
+				}
+			}
+		}
+		if want := clients / size; firstTries != want {
+			t.Fatalf("%d backends: the dead one got %d first tries of %d clients, want %d", size, firstTries, clients, want)
+		}
+	}
+}

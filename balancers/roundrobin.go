@@ -20,7 +20,9 @@ func init() {
 // past that backend. So with backends A, B, C where B is at max_connections,
 // clients get A, C, A, C, ... (an exact cycle over the eligible ones, never C
 // twice in a row), concurrent clients never get the same turn, and the cycle
-// continues where it was when the backend list changes.
+// continues where it was when the backend list changes. A retry after a
+// failed dial takes the next eligible backend without a turn of its own, so
+// a dead backend gets its share of first tries, not every one.
 //
 // Caddyfile: `balance roundrobin` (no options). JSON: `{"policy": "roundrobin"}`.
 type RoundRobin struct {
@@ -44,6 +46,21 @@ func (r *RoundRobin) Elect(c *Client, pool []*backend.Backend) (*backend.Backend
 	}
 	g := pool[lo:hi]
 	n := uint64(len(g))
+	if len(c.Skip) > 0 {
+		// A retry after a failed dial does not take a turn: the turn went
+		// to the backend that failed. Moving the position again would hand
+		// the next client the failed backend first, every time.
+		i := r.next.Load() % n
+		for range n {
+			if b := g[i]; Eligible(c, b) {
+				return b, nil
+			}
+			if i++; i == n {
+				i = 0
+			}
+		}
+		return nil, ErrAllFull
+	}
 retry:
 	for {
 		p := r.next.Load()
