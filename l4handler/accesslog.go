@@ -61,6 +61,7 @@ const (
 	refusedOther                       // any other election error
 	refusedMaxSessions                 // UDP: handler at udp.max_sessions
 	refusedBackendSend                 // UDP: a backend socket could not be opened or written
+	refusedBackendDial                 // TCP: one dial failed (the client may be served by a retry)
 	numRefusals
 )
 
@@ -81,6 +82,7 @@ var refusalKinds = [numRefusals]struct {
 	refusedOther:        {"client refused", "no eligible backend", zapcore.WarnLevel},
 	refusedMaxSessions:  {"client refused: handler at udp.max_sessions", "", zapcore.WarnLevel},
 	refusedBackendSend:  {"backend send failed", "", zapcore.WarnLevel},
+	refusedBackendDial:  {"backend dial failed", "", zapcore.WarnLevel},
 }
 
 // refusalKind classifies a reason connect returned.

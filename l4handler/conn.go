@@ -248,7 +248,9 @@ func (h *Handler) connect(c *balancers.Client) (*backend.Backend, net.Conn, erro
 		b.Release()
 		b.Stats.AddRefused()
 		st.health.DialFailed(b.Address())
-		h.logger.Warn("backend dial failed", zap.String("backend", b.Address()), zap.Error(err))
+		if ce, n := st.refusals.check(h.logger, refusedBackendDial); ce != nil {
+			ce.Write(zap.String("backend", b.Address()), zap.Error(err), zap.Int64("count", n))
+		}
 		lastErr = errors.New("dial failed on every tried backend: " + err.Error())
 		failures++
 		if failures > h.retries {

@@ -105,6 +105,10 @@ func (h *Handler) setTransport(locs []Location) error {
 		},
 		maxSessions: int64(u.MaxSessions),
 	}
+	if h.MaxConnections > 0 && h.MaxConnections < u.MaxSessions {
+		// on UDP, max_connections caps client sessions too
+		h.udp.maxSessions = int64(h.MaxConnections)
+	}
 	if h.udp.cfg.ClientIdle == 0 && h.udp.cfg.BackendIdle == 0 {
 		// A client session must end some time, or a between+udp listener
 		// would keep every client it ever saw until max_sessions.

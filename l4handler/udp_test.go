@@ -61,3 +61,26 @@ func TestUDPValidation(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPMaxConnectionsCapsSessions: on a UDP handler max_connections caps
+// client sessions like udp.max_sessions; the smaller of the two applies.
+func TestUDPMaxConnectionsCapsSessions(t *testing.T) {
+	for _, tc := range []struct {
+		maxConns, maxSessions int
+		want                  int64
+	}{
+		{0, 0, defaultMaxSessions},
+		{5, 0, 5},
+		{0, 7, 7},
+		{5, 7, 5},
+		{9, 7, 7},
+	} {
+		h := &Handler{Name: "x", MaxConnections: tc.maxConns, UDP: &UDPConfig{MaxResponses: 1, MaxSessions: tc.maxSessions}}
+		if err := h.setTransport([]Location{{Server: "dns", Listen: []string{"between+udp/127.0.0.1:5353"}}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := h.udp.maxSessions; got != tc.want {
+			t.Errorf("max_connections %d, udp.max_sessions %d: session cap %d, want %d", tc.maxConns, tc.maxSessions, got, tc.want)
+		}
+	}
+}
