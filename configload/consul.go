@@ -2,6 +2,7 @@ package configload
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-between/between/internal/engineclient"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/hashicorp/consul/api"
 )
@@ -153,38 +155,22 @@ func (c *Consul) Cleanup() error {
 // newStore builds the Consul client.
 func (c *Consul) newStore() (store, error) {
 	repl := caddy.NewReplacer()
-	addr := c.Address
-	if addr == "" {
-		addr = "127.0.0.1:8500"
-	}
-	transport := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout: 5 * time.Second,
-		// no ResponseHeaderTimeout: blocking queries answer late on
-		// purpose; a context bounds every request instead
-		IdleConnTimeout:     90 * time.Second,
+	o := engineclient.ConsulOptions{
+		Address:             c.Address,
+		Scheme:              c.Scheme,
+		Datacenter:          c.Datacenter,
+		Token:               repl.ReplaceKnown(c.Token, ""),
 		MaxIdleConnsPerHost: 2,
 	}
-	scheme := c.Scheme
 	if c.TLS != nil {
-		host, _, _ := net.SplitHostPort(addr)
-		cfg, err := c.TLS.config(repl, host)
-		if err != nil {
-			return nil, err
-		}
-		transport.TLSClientConfig = cfg
-		scheme = "https"
+		o.TLS = func(host string) (*tls.Config, error) { return c.TLS.config(repl, host) }
 	}
-	if scheme == "" {
-		scheme = "http"
+	cfg, transport, err := engineclient.ConsulConfig(o)
+	if err != nil {
+		return nil, err
 	}
-	client, err := api.NewClient(&api.Config{
-		Address:    addr,
-		Scheme:     scheme,
-		Datacenter: c.Datacenter,
-		Token:      repl.ReplaceKnown(c.Token, ""),
-		HttpClient: &http.Client{Transport: transport},
-	})
+	addr := cfg.Address // before api.NewClient, which cuts a unix:// off it
+	client, err := api.NewClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("address %q: %w", addr, err)
 	}

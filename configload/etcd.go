@@ -5,18 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/caddy-between/between/internal/engineclient"
 	"github.com/caddyserver/caddy/v2"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
 )
 
@@ -94,16 +89,9 @@ func (e *Etcd) Validate() error {
 	if e.Key == "" {
 		return errors.New("key: required (the etcd key that holds the config)")
 	}
-	scheme := ""
-	for i, ep := range e.Endpoints {
-		s, err := endpointScheme(ep)
-		if err != nil {
-			return fmt.Errorf("endpoints[%d]: %w", i, err)
-		}
-		if i > 0 && s != scheme {
-			return fmt.Errorf("endpoints[%d] %q: every endpoint must use the same scheme as the first (%q)", i, ep, e.Endpoints[0])
-		}
-		scheme = s
+	scheme, err := engineclient.CheckEtcdEndpoints("endpoints", e.Endpoints, false)
+	if err != nil {
+		return err
 	}
 	if scheme == "http" && e.TLS != nil {
 		return errors.New("endpoints: http:// endpoints with tls; use https:// or host:port")
@@ -118,29 +106,6 @@ func (e *Etcd) Validate() error {
 		return err
 	}
 	return validateAdapter(e.Adapter)
-}
-
-// endpointScheme checks one endpoint and returns its scheme ("" for
-// host:port).
-func endpointScheme(ep string) (string, error) {
-	hostport, scheme := ep, ""
-	if strings.Contains(ep, "://") {
-		u, err := url.Parse(ep)
-		if err != nil {
-			return "", fmt.Errorf("%q: %v", ep, err)
-		}
-		if u.Scheme != "http" && u.Scheme != "https" {
-			return "", fmt.Errorf("%q: scheme %q: want http or https", ep, u.Scheme)
-		}
-		if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
-			return "", fmt.Errorf("%q: want %s://host:port only", ep, u.Scheme)
-		}
-		hostport, scheme = u.Host, u.Scheme
-	}
-	if host, port, err := net.SplitHostPort(hostport); err != nil || host == "" || port == "" {
-		return "", fmt.Errorf("%q: want [http://|https://]host:port", ep)
-	}
-	return scheme, nil
 }
 
 // LoadConfig applies the key's value (the first call of a process, or of a
@@ -173,7 +138,7 @@ func (e *Etcd) newStore() (store, error) {
 	}
 	s := &etcdStore{key: e.Key, endpoints: endpoints, timeout: timeout,
 		username: repl.ReplaceKnown(e.Username, ""), password: repl.ReplaceKnown(e.Password, "")}
-	if e.TLS != nil || strings.HasPrefix(endpoints[0], "https://") {
+	if engineclient.UsesTLS(e.TLS != nil, endpoints) {
 		t := e.TLS
 		if t == nil {
 			t = new(TLS)
@@ -214,25 +179,22 @@ func (s *etcdStore) connect() (*clientv3.Client, error) {
 	if s.client != nil {
 		return s.client, nil
 	}
-	cli, err := clientv3.New(clientv3.Config{
+	cli, err := clientv3.New(engineclient.EtcdConfig(engineclient.EtcdOptions{
 		Endpoints:   s.endpoints,
 		DialTimeout: s.timeout,
 		// a silent network failure ends the watch after at most
 		// 10s + timeout instead of never
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: s.timeout,
-		TLS:                  s.tls,
-		Username:             s.username,
-		Password:             s.password,
+		KeepAliveTime:    10 * time.Second,
+		KeepAliveTimeout: s.timeout,
+		TLS:              s.tls,
+		Username:         s.username,
+		Password:         s.password,
 		// the client's retry warnings repeat the errors LoadConfig returns
-		Logger: caddy.Log().Named("config_loaders.between_etcd.client").WithOptions(zap.IncreaseLevel(zapcore.ErrorLevel)),
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			// gRPC's default backoff grows to two minutes; etcd coming
-			// back should be noticed within about a second
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: s.timeout,
-		})},
-	})
+		// (EtcdConfig keeps only its errors)
+		Logger: caddy.Log().Named("config_loaders.between_etcd.client"),
+		// etcd coming back should be noticed within about a second
+		FastReconnect: true,
+	}))
 	if err != nil {
 		return nil, fmt.Errorf("%s: connecting: %w", s.where(), err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddy-between/between/backend"
 	"github.com/caddy-between/between/internal/clienttls"
+	"github.com/caddy-between/between/internal/engineclient"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/hashicorp/consul/api"
@@ -146,39 +147,28 @@ func (c *Consul) Provision(ctx caddy.Context) error {
 		return err
 	}
 	scheme, addr := splitConsulHost(c.Host)
-	transport := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout: 5 * time.Second,
-		// no ResponseHeaderTimeout: blocking queries answer late on purpose;
-		// a context bounds every request instead
-		IdleConnTimeout:     90 * time.Second,
-		MaxIdleConnsPerHost: 2,
-	}
 	// secrets and paths may be placeholders ({env.CONSUL_TOKEN}, {file.*})
 	repl := caddy.NewReplacer()
 	token := repl.ReplaceKnown(c.ACLToken, "")
 	user, pass := repl.ReplaceKnown(c.AuthUsername, ""), repl.ReplaceKnown(c.AuthPassword, "")
 	certPath, keyPath := repl.ReplaceKnown(c.TLSCertPath, ""), repl.ReplaceKnown(c.TLSKeyPath, "")
 	caPath := repl.ReplaceKnown(c.TLSCACertPath, "")
-	if c.TLSEnabled || scheme == "https" {
-		cfg, err := consulTLS(addr, certPath, keyPath, caPath)
-		if err != nil {
-			return err
-		}
-		transport.TLSClientConfig = cfg
-		scheme = "https"
-	} else {
-		if certPath != "" || keyPath != "" || caPath != "" {
-			c.logger.Warn("consul_tls_* paths are ignored: TLS is off (set consul_tls_enabled or use an https:// consul_host)")
-		}
-		scheme = "http" // also over a unix socket
+	// Address keeps the scheme: api.NewClient reads it from there.
+	o := engineclient.ConsulOptions{
+		Address:             c.Host,
+		Datacenter:          c.Datacenter,
+		Token:               token,
+		MaxIdleConnsPerHost: 2,
 	}
-	cfg := &api.Config{
-		Address:    c.Host,
-		Scheme:     scheme,
-		Datacenter: c.Datacenter,
-		Token:      token,
-		HttpClient: &http.Client{Transport: transport},
+	if c.TLSEnabled || scheme == "https" {
+		o.TLS = func(string) (*tls.Config, error) { return consulTLS(addr, certPath, keyPath, caPath) }
+	} else if certPath != "" || keyPath != "" || caPath != "" {
+		// the scheme stays http, also over a unix socket
+		c.logger.Warn("consul_tls_* paths are ignored: TLS is off (set consul_tls_enabled or use an https:// consul_host)")
+	}
+	cfg, _, err := engineclient.ConsulConfig(o)
+	if err != nil {
+		return err
 	}
 	if user != "" || pass != "" {
 		cfg.HttpAuth = &api.HttpBasicAuth{Username: user, Password: pass}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,13 +15,11 @@ import (
 
 	"github.com/caddy-between/between/backend"
 	"github.com/caddy-between/between/internal/clienttls"
+	"github.com/caddy-between/between/internal/engineclient"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
 )
 
@@ -128,15 +125,7 @@ func (e *Etcd) Provision(ctx caddy.Context) error {
 
 // usesTLS reports whether the settings ask for TLS.
 func (e *Etcd) usesTLS() bool {
-	if e.TLSEnabled || e.TLSCertPath != "" || e.TLSKeyPath != "" || e.TLSCACertPath != "" {
-		return true
-	}
-	for _, ep := range e.Endpoints {
-		if strings.HasPrefix(ep, "https://") {
-			return true
-		}
-	}
-	return false
+	return engineclient.UsesTLS(e.TLSEnabled || e.TLSCertPath != "" || e.TLSKeyPath != "" || e.TLSCACertPath != "", e.Endpoints)
 }
 
 // Validate checks the settings.
@@ -144,16 +133,9 @@ func (e *Etcd) Validate() error {
 	if len(e.Endpoints) == 0 {
 		return fmt.Errorf("etcd_endpoints: at least one endpoint is required")
 	}
-	scheme := ""
-	for i, ep := range e.Endpoints {
-		s, err := endpointScheme(ep)
-		if err != nil {
-			return fmt.Errorf("etcd_endpoints[%d]: %w", i, err)
-		}
-		if i > 0 && s != scheme {
-			return fmt.Errorf("etcd_endpoints[%d] %q: every endpoint must use the same scheme as the first (%q)", i, ep, e.Endpoints[0])
-		}
-		scheme = s
+	scheme, err := engineclient.CheckEtcdEndpoints("etcd_endpoints", e.Endpoints, true)
+	if err != nil {
+		return err
 	}
 	if scheme == "http" && e.usesTLS() {
 		return fmt.Errorf("etcd_endpoints: http:// endpoints with TLS settings; use https:// or host:port")
@@ -168,28 +150,6 @@ func (e *Etcd) Validate() error {
 		return fmt.Errorf("etcd_tls_cert_path and etcd_tls_key_path: give both or neither")
 	}
 	return e.ValidateCommon()
-}
-
-// endpointScheme checks one endpoint and returns its scheme ("" for host:port).
-func endpointScheme(ep string) (string, error) {
-	hostport, scheme := ep, ""
-	if strings.Contains(ep, "://") {
-		u, err := url.Parse(ep)
-		if err != nil {
-			return "", fmt.Errorf("%q: %v", ep, err)
-		}
-		if u.Scheme != "http" && u.Scheme != "https" {
-			return "", fmt.Errorf("%q: scheme %q: want http or https", ep, u.Scheme)
-		}
-		if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
-			return "", fmt.Errorf("%q: want %s://host:port only", ep, u.Scheme)
-		}
-		hostport, scheme = u.Host, u.Scheme
-	}
-	if _, _, err := backend.SplitHostPort(hostport); err != nil {
-		return "", fmt.Errorf("%q: want [http://|https://]host:port", ep)
-	}
-	return scheme, nil
 }
 
 // acquire returns the source's client, creating it on first use. Every
@@ -251,26 +211,22 @@ func (e *Etcd) newClient() (*clientv3.Client, error) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	cli, err := clientv3.New(clientv3.Config{
+	cli, err := clientv3.New(engineclient.EtcdConfig(engineclient.EtcdOptions{
 		Endpoints:   e.Endpoints,
 		DialTimeout: timeout,
 		// A silent network failure breaks the watch after at most
 		// 10s + timeout instead of never.
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: timeout,
-		TLS:                  e.tls,
-		Username:             e.username,
-		Password:             e.password,
+		KeepAliveTime:    10 * time.Second,
+		KeepAliveTimeout: timeout,
+		TLS:              e.tls,
+		Username:         e.username,
+		Password:         e.password,
 		// The client's own retry warnings repeat the errors that the Runner
-		// logs once per failed fetch.
-		Logger: logger.Named("client").WithOptions(zap.IncreaseLevel(zapcore.ErrorLevel)),
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			// gRPC's default backoff grows to two minutes; etcd coming
-			// back should be noticed within about a second.
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: timeout,
-		})},
-	})
+		// logs once per failed fetch (EtcdConfig keeps only its errors).
+		Logger: logger.Named("client"),
+		// etcd coming back should be noticed within about a second.
+		FastReconnect: true,
+	}))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%w%s", err, e.probe())

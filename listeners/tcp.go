@@ -239,28 +239,40 @@ func (s *socket) acceptLoop() {
 			s.dispatch(c)
 			continue
 		}
-		select {
-		case <-s.stop:
-			return
-		default:
-		}
-		if errors.Is(err, net.ErrClosed) {
-			s.log.Error("listening socket closed unexpectedly", zap.Error(err))
+		if !pauseAfter(err, &delay, s.stop, s.log, "listening socket closed unexpectedly", "accepting a connection failed; retrying") {
 			return
 		}
-		if delay == 0 {
-			delay = minBackoff
-		} else {
-			delay = min(2*delay, maxBackoff)
-		}
-		s.log.Error("accepting a connection failed; retrying", zap.Error(err), zap.Duration("retry_in", delay))
-		t := time.NewTimer(delay)
-		select {
-		case <-s.stop:
-			t.Stop()
-			return
-		case <-t.C:
-		}
+	}
+}
+
+// pauseAfter handles a failed accept or read of a socket's loop: it reports
+// false when the loop should end (the socket is stopping, or was closed
+// under it: closedMsg is logged), else it logs retryMsg and waits delay,
+// which starts at minBackoff and doubles up to maxBackoff (EMFILE, ENFILE,
+// ENOBUFS... pass), and reports true.
+func pauseAfter(err error, delay *time.Duration, stop <-chan struct{}, log *zap.Logger, closedMsg, retryMsg string) bool {
+	select {
+	case <-stop:
+		return false
+	default:
+	}
+	if errors.Is(err, net.ErrClosed) {
+		log.Error(closedMsg, zap.Error(err))
+		return false
+	}
+	if *delay == 0 {
+		*delay = minBackoff
+	} else {
+		*delay = min(2**delay, maxBackoff)
+	}
+	log.Error(retryMsg, zap.Error(err), zap.Duration("retry_in", *delay))
+	t := time.NewTimer(*delay)
+	defer t.Stop()
+	select {
+	case <-stop:
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

@@ -3,7 +3,6 @@ package listeners
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -349,27 +348,8 @@ func (s *udpSocket) readLoop() {
 			}
 			continue
 		}
-		select {
-		case <-s.stop:
+		if !pauseAfter(err, &delay, s.stop, s.log, "UDP socket closed unexpectedly", "reading a datagram failed; retrying") {
 			return
-		default:
-		}
-		if errors.Is(err, net.ErrClosed) {
-			s.log.Error("UDP socket closed unexpectedly", zap.Error(err))
-			return
-		}
-		if delay == 0 {
-			delay = minBackoff
-		} else {
-			delay = min(2*delay, maxBackoff)
-		}
-		s.log.Error("reading a datagram failed; retrying", zap.Error(err), zap.Duration("retry_in", delay))
-		t := time.NewTimer(delay)
-		select {
-		case <-s.stop:
-			t.Stop()
-			return
-		case <-t.C:
 		}
 	}
 }

@@ -2,16 +2,17 @@ package sharedstorage
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/caddy-between/between/internal/engineclient"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/certmagic"
@@ -127,39 +128,28 @@ func (c *Consul) Provision(ctx caddy.Context) error {
 // client builds the Consul API client.
 func (c *Consul) client() (*api.Client, error) {
 	repl := caddy.NewReplacer()
-	transport := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout: 5 * time.Second,
-		IdleConnTimeout:     90 * time.Second,
+	o := engineclient.ConsulOptions{
+		Address:             c.Address,
+		Scheme:              c.Scheme,
+		Datacenter:          c.Datacenter,
+		Token:               repl.ReplaceKnown(c.Token, ""),
 		MaxIdleConnsPerHost: 4,
 	}
-	address := c.Address
-	if address == "" {
-		address = "127.0.0.1:8500"
-	}
-	scheme := c.Scheme
-	if scheme == "" {
-		scheme = "http"
-	}
 	if c.TLS != nil {
-		scheme = "https"
-		tc, err := c.TLS.config()
-		if err != nil {
-			return nil, err
-		}
-		if tc.ServerName == "" {
-			if host, _, err := net.SplitHostPort(address); err == nil {
+		o.TLS = func(host string) (*tls.Config, error) {
+			tc, err := c.TLS.config()
+			if err != nil {
+				return nil, err
+			}
+			if tc.ServerName == "" {
 				tc.ServerName = host
 			}
+			return tc, nil
 		}
-		transport.TLSClientConfig = tc
 	}
-	cfg := &api.Config{
-		Address:    address,
-		Scheme:     scheme,
-		Datacenter: c.Datacenter,
-		Token:      repl.ReplaceKnown(c.Token, ""),
-		HttpClient: &http.Client{Transport: transport},
+	cfg, _, err := engineclient.ConsulConfig(o)
+	if err != nil {
+		return nil, err
 	}
 	client, err := api.NewClient(cfg)
 	if err != nil {

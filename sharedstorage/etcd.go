@@ -2,6 +2,7 @@ package sharedstorage
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-between/between/internal/engineclient"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/certmagic"
@@ -112,30 +114,32 @@ func (e *Etcd) Provision(ctx caddy.Context) error {
 	ttl := durationOr(e.LockTTL, defaultLockTTL)
 	e.ttl = int((ttl + time.Second - 1) / time.Second)
 	repl := caddy.NewReplacer()
-	cfg := clientv3.Config{
-		Endpoints:   make([]string, len(e.Endpoints)),
-		DialTimeout: durationOr(e.DialTimeout, 5*time.Second),
-		Username:    repl.ReplaceKnown(e.Username, ""),
-		Password:    repl.ReplaceKnown(e.Password, ""),
-		Logger:      e.logger.Named("client").WithOptions(zap.IncreaseLevel(zap.ErrorLevel)),
-		// notice a silent network failure while a lock is held
-		DialKeepAliveTime:    5 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
-	}
-	for i, ep := range e.Endpoints {
-		cfg.Endpoints[i] = strings.TrimPrefix(strings.TrimPrefix(ep, "https://"), "http://")
-	}
+	var tc *tls.Config
 	if e.usesTLS() {
 		t := e.TLS
 		if t == nil {
 			t = new(TLS)
 		}
-		tc, err := t.config()
-		if err != nil {
+		var err error
+		if tc, err = t.config(); err != nil {
 			return err
 		}
-		cfg.TLS = tc
 	}
+	endpoints := make([]string, len(e.Endpoints))
+	for i, ep := range e.Endpoints {
+		endpoints[i] = strings.TrimPrefix(strings.TrimPrefix(ep, "https://"), "http://")
+	}
+	cfg := engineclient.EtcdConfig(engineclient.EtcdOptions{
+		Endpoints:   endpoints,
+		DialTimeout: durationOr(e.DialTimeout, 5*time.Second),
+		// notice a silent network failure while a lock is held
+		KeepAliveTime:    5 * time.Second,
+		KeepAliveTimeout: 5 * time.Second,
+		TLS:              tc,
+		Username:         repl.ReplaceKnown(e.Username, ""),
+		Password:         repl.ReplaceKnown(e.Password, ""),
+		Logger:           e.logger.Named("client"),
+	})
 	key, err := json.Marshal(e)
 	if err != nil {
 		return err
@@ -155,15 +159,7 @@ func (e *Etcd) Provision(ctx caddy.Context) error {
 
 // usesTLS reports whether the settings ask for TLS.
 func (e *Etcd) usesTLS() bool {
-	if e.TLS != nil {
-		return true
-	}
-	for _, ep := range e.Endpoints {
-		if strings.HasPrefix(ep, "https://") {
-			return true
-		}
-	}
-	return false
+	return engineclient.UsesTLS(e.TLS != nil, e.Endpoints)
 }
 
 // Validate checks the settings.
