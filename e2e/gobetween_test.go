@@ -185,19 +185,7 @@ balance = "roundrobin"
 	if got := udpAskRetry(t, client, "q"); got != "a q 1" && got != "b q 1" {
 		t.Fatalf("first reply %q", got)
 	}
-	var got []string
-	for i := range 4 {
-		r, err := udpAsk(client, fmt.Sprint(i), 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, r[0][:1])
-	}
-	for i := 1; i < len(got); i++ {
-		if got[i] == got[i-1] {
-			t.Fatalf("roundrobin did not alternate: %v", got)
-		}
-	}
+	udpRoundRobin(t, client, 4)
 }
 
 // TestGobetweenRunTLS runs a gobetween server with protocol = "tls" and a

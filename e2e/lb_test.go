@@ -190,19 +190,7 @@ func TestLBCommandUDP(t *testing.T) {
 	if first != "A x 1" && first != "B x 1" {
 		t.Fatalf("first reply %q", first)
 	}
-	var got []string
-	for i := range 6 {
-		r, err := udpAsk(client, fmt.Sprint(i), 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, r[0][:1])
-	}
-	for i := 1; i < len(got); i++ {
-		if got[i] == got[i-1] {
-			t.Fatalf("roundrobin over datagrams answers from %v: not alternating", got)
-		}
-	}
+	udpRoundRobin(t, client, 6)
 	if len(statsBackends(t, c, "lb")) != 2 {
 		t.Errorf("stats of lb do not list both backends")
 	}

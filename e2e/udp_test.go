@@ -682,3 +682,23 @@ func udpScanMetrics(admin string) (map[string]float64, error) {
 	}
 	return out, sc.Err()
 }
+
+// udpRoundRobin sends n datagrams, one at a time, on client and fails the
+// test unless the replies alternate between backends; each reply starts
+// with its backend's one-letter name.
+func udpRoundRobin(t *testing.T, client *net.UDPConn, n int) {
+	t.Helper()
+	var got []string
+	for i := range n {
+		r, err := udpAsk(client, fmt.Sprint(i), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, r[0][:1])
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i] == got[i-1] {
+			t.Fatalf("round robin over datagrams answered from %v: not alternating", got)
+		}
+	}
+}
