@@ -1,10 +1,12 @@
 package e2e
 
 // Memory per idle UDP session: a real caddy on a between+udp listener with
-// max_responses 1 and client_idle_timeout 60s; many distinct clients (each
-// its own address in 127.0.0.0/8) send one datagram, get the reply, then go
-// quiet, so every session sits idle with its virtual session's socket
-// parked. The RSS growth of the caddy process divided by the sessions is the
+// client_idle_timeout 60s and no udp limit, so that sessions stay open (with
+// max_responses a between+udp session with nothing in flight ends a second
+// after its last datagram, and there would be nothing idle to measure); many
+// distinct clients (each its own address in 127.0.0.0/8) send one datagram,
+// get the reply, then go quiet, so every session sits idle with its virtual
+// session's socket open and its reply reader waiting. The RSS growth of the caddy process divided by the sessions is the
 // cost of one idle session, Between's and caddy-l4's together (a heap and a
 // goroutine profile tell them apart).
 //
@@ -99,7 +101,7 @@ type udpMemResult struct {
 func measureCaddyUDPMemory(t *testing.T, n int, profiles bool) udpMemResult {
 	backend := udpEchoServer(t, 2)
 	listen := freeUDPAddr(t)
-	srv := udpServer("between+udp/"+listen, map[string]any{"max_responses": 1, "max_sessions": 2*n + 1000},
+	srv := udpServer("between+udp/"+listen, map[string]any{"max_sessions": 2*n + 1000},
 		map[string]any{"client_idle_timeout": "60s"}, backend)
 	c := &instance{t: t, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 	// INFO: caddy-l4 logs every session at DEBUG, which is not the cost
@@ -128,9 +130,13 @@ func measureCaddyUDPMemory(t *testing.T, n int, profiles bool) udpMemResult {
 	if got < n*99/100 {
 		t.Fatalf("%d of %d sessions got their reply", got, n)
 	}
-	time.Sleep(time.Second) // replies written, readers parked
+	time.Sleep(time.Second) // replies written, readers waiting
 	rss1, g1, m1 := procRSS(t, pid), goroutineCount(t, c.admin), goMemStats(t, c.admin)
 	r := udpMemResult{perSession: (rss1 - rss0) / int64(n), heapPerSession: (m1.heapInuse - m0.heapInuse) / int64(n), goroutines: g1 - g0}
+	if g1-g0 < int64(n)*3/2 {
+		// caddy-l4's handler and the reply reader: two per open session
+		t.Fatalf("goroutines %d -> %d for %d sessions: the sessions are not all open, nothing idle was measured", g0, g1, n)
+	}
 	t.Logf("caddy: %d sessions (%d replied) in %s; RSS %d -> %d MiB: %d bytes per session; goroutines %d -> %d (%.2f per session)",
 		n, got, took.Round(time.Millisecond), rss0>>20, rss1>>20, r.perSession, g0, g1, float64(g1-g0)/float64(n))
 	t.Logf("caddy per session: heap in use +%d bytes, goroutine stacks +%d bytes (Go's own counters, no forced collection)",
