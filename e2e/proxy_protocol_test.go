@@ -25,6 +25,7 @@ func init() {
 type haproxy struct {
 	mu  sync.Mutex
 	out strings.Builder
+	pid int
 }
 
 func (h *haproxy) Write(p []byte) (int, error) {
@@ -58,6 +59,7 @@ func startHAProxy(t *testing.T, sections, ready string) *haproxy {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	h.pid = cmd.Process.Pid
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		cmd.Wait()
