@@ -2,6 +2,8 @@ package l4handler
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"sort"
@@ -205,6 +207,18 @@ func (st *state) snapshot() ServerStats {
 	return out
 }
 
+// bodyError is the admin API's answer to a request body that could not be
+// read: 413 when it is over the endpoint's limit (named in the message), 400
+// otherwise.
+func bodyError(err error) error {
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return caddy.APIError{HTTPStatus: http.StatusRequestEntityTooLarge,
+			Err: fmt.Errorf("body: larger than this endpoint's limit of %d bytes", tooLarge.Limit)}
+	}
+	return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("body: %w", err)}
+}
+
 func writeJSON(w http.ResponseWriter, v any) error {
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(v)
@@ -214,6 +228,13 @@ type adminError string
 
 // Error returns the message.
 func (e adminError) Error() string { return string(e) }
+
+// Request body limits of the admin endpoints: a server config (JSON or
+// gobetween's form) and a backend state.
+const (
+	maxServerBody = 1 << 20
+	maxStateBody  = 4 << 10
+)
 
 const (
 	errMethod   = adminError("method not allowed")

@@ -138,10 +138,10 @@ func serveBackendState(w http.ResponseWriter, r *http.Request, name, addr string
 		var body struct {
 			State *BackendState `json:"state"`
 		}
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxStateBody))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&body); err != nil {
-			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("body: %w", err)}
+			return bodyError(err)
 		}
 		if body.State == nil {
 			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: adminError("state: required (ready, drain or maint)")}

@@ -2,6 +2,8 @@ package l4handler
 
 import (
 	"encoding/json"
+	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddy-between/between/backend"
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
@@ -171,5 +174,41 @@ func TestAdminEndpoints(t *testing.T) {
 	_, body := do("GET", "/between/info", "")
 	if err := json.Unmarshal([]byte(body), &info); err != nil || info.Handlers < 1 || info.PID == 0 || info.Version == "" {
 		t.Errorf("info = %+v (%v)", info, err)
+	}
+}
+
+// TestBodyError: a body over an endpoint's limit answers 413 naming the
+// limit; other read errors answer 400.
+func TestBodyError(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		body   string
+		limit  int64
+		status int
+		msg    string
+	}{
+		{"over the limit", strings.Repeat("a", 5000), maxStateBody, http.StatusRequestEntityTooLarge, "body: larger than this endpoint's limit of 4096 bytes"},
+		{"at the limit", strings.Repeat("a", 4096), maxStateBody, 0, ""},
+		{"over the server limit", strings.Repeat("a", maxServerBody+1), maxServerBody, http.StatusRequestEntityTooLarge, "limit of 1048576 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := httptest.NewRecorder()
+			r := httptest.NewRequest(http.MethodPut, "/", strings.NewReader(tc.body))
+			_, err := io.ReadAll(http.MaxBytesReader(w, r.Body, tc.limit))
+			if tc.status == 0 {
+				if err != nil {
+					t.Fatalf("read: %v", err)
+				}
+				return
+			}
+			var apiErr caddy.APIError
+			if !errors.As(bodyError(err), &apiErr) || apiErr.HTTPStatus != tc.status || !strings.Contains(apiErr.Err.Error(), tc.msg) {
+				t.Errorf("bodyError(%v) = %+v, want %d with %q", err, apiErr, tc.status, tc.msg)
+			}
+		})
+	}
+	var apiErr caddy.APIError
+	if !errors.As(bodyError(io.ErrUnexpectedEOF), &apiErr) || apiErr.HTTPStatus != http.StatusBadRequest {
+		t.Errorf("bodyError(unexpected EOF) = %+v, want 400", apiErr)
 	}
 }

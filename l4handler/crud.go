@@ -66,9 +66,9 @@ func serveServerChange(w http.ResponseWriter, r *http.Request, name string) erro
 		if r.Method == http.MethodPut && !exists {
 			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errUnknownServer(name)}
 		}
-		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxServerBody))
 		if err != nil {
-			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
+			return bodyError(err)
 		}
 		srv, files, acme, err := buildServer(name, body)
 		if err != nil {
