@@ -21,7 +21,6 @@ import (
 
 	"github.com/caddy-between/between/internal/testpeers"
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/hashicorp/consul/api"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -121,11 +120,7 @@ func sameConsulConfig(a, b Consul) bool {
 }
 
 func TestConsulCaddyfile(t *testing.T) {
-	for _, tt := range []struct {
-		name, input string
-		want        Consul
-		wantErr     string
-	}{
+	runCaddyfileCases(t, []caddyfileCase[Consul]{
 		{"all fields", `consul {
 				host https://127.0.0.1:8501
 				service_name web
@@ -161,24 +156,9 @@ func TestConsulCaddyfile(t *testing.T) {
 		{"flag with two values", "consul {\n tls_enabled true false\n}", Consul{}, "argument"},
 		{"unknown", "consul {\n colour red\n}", Consul{}, "colour"},
 		{"bad interval", "consul {\n interval soon\n}", Consul{}, "interval"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			var c Consul
-			err := c.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want one mentioning %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !sameConsulConfig(c, tt.want) {
-				t.Fatalf("got  %+v\nwant %+v", c, tt.want)
-			}
-		})
-	}
+	}, func(got, want *Consul) bool {
+		return sameConsulConfig(*got, *want)
+	})
 }
 
 // How Consul's entries become backends, without an agent.
@@ -255,16 +235,7 @@ func TestConsulProvisionTLSFiles(t *testing.T) {
 			c := &Consul{Host: "127.0.0.1:8501", ServiceName: "web", TLSEnabled: true,
 				TLSCertPath: pki.clientCert, TLSKeyPath: pki.clientKey, TLSCACertPath: pki.ca}
 			tt.edit(c)
-			err := c.Provision(caddy.Context{})
-			if tt.mention == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.mention) {
-				t.Fatalf("Provision() = %v, want an error naming %s", err, tt.mention)
-			}
+			wantErrNaming(t, "Provision()", c.Provision(caddy.Context{}), tt.mention)
 		})
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddy-between/between/backend"
+	"github.com/caddy-between/between/internal/testutil"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
@@ -641,39 +642,11 @@ func TestRunnerCounts(t *testing.T) {
 }
 
 // loadKind builds a discovery module from JSON as Caddy does: strict
-// decoding, Provision, Validate.
-func loadKind(t testing.TB, kind, js string) (Configured, error) {
-	t.Helper()
-	info, err := caddy.GetModule("between.discovery." + kind)
-	if err != nil {
-		t.Fatalf("module %s: %v", kind, err)
-	}
-	mod := info.New()
-	dec := json.NewDecoder(strings.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(mod); err != nil {
-		return nil, err
-	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
-	if err := mod.(caddy.Provisioner).Provision(ctx); err != nil {
-		return nil, err
-	}
-	if err := mod.(caddy.Validator).Validate(); err != nil {
-		return nil, err
-	}
-	return mod.(Configured), nil
-}
-
-// mustLoadKind is loadKind that fails the test on error.
-func mustLoadKind(t testing.TB, kind, js string) Configured {
-	t.Helper()
-	src, err := loadKind(t, kind, js)
-	if err != nil {
-		t.Fatalf("%s %s: %v", kind, js, err)
-	}
-	return src
-}
+// decoding, Provision, Validate; mustLoadKind fails the test on error.
+var (
+	loadKind     = testutil.Loader[Configured]("between.discovery.").Load
+	mustLoadKind = testutil.Loader[Configured]("between.discovery.").MustLoad
+)
 
 // wantErrParts fails the test unless err is an error that contains every part.
 func wantErrParts(t testing.TB, err error, parts ...string) {

@@ -20,7 +20,6 @@ import (
 	"github.com/caddy-between/between/backend"
 	"github.com/caddy-between/between/internal/testpeers"
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -51,9 +50,7 @@ func TestDockerEndpoint(t *testing.T) {
 		t.Run(tt.endpoint, func(t *testing.T) {
 			got, err := parseDockerEndpoint(tt.endpoint, tt.tls)
 			if tt.mention != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.mention) {
-					t.Fatalf("err = %v, want one mentioning %q", err, tt.mention)
-				}
+				wantErrMentioning(t, err, tt.mention)
 				return
 			}
 			if err != nil || got != tt.want {
@@ -90,16 +87,7 @@ func TestDockerValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			d := ok
 			tt.mod(&d)
-			err := d.Validate()
-			if tt.mention == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.mention) {
-				t.Fatalf("Validate() = %v, want an error naming %s", err, tt.mention)
-			}
+			wantErrNaming(t, "Validate()", d.Validate(), tt.mention)
 		})
 	}
 }
@@ -174,11 +162,7 @@ func sameDockerConfig(a, b Docker) bool {
 }
 
 func TestDockerCaddyfile(t *testing.T) {
-	for _, tt := range []struct {
-		name, input string
-		want        Docker
-		wantErr     string
-	}{
+	runCaddyfileCases(t, []caddyfileCase[Docker]{
 		{"short names", `docker {
 				endpoint tcp://10.0.0.5:2376
 				container_private_port 8080
@@ -212,24 +196,9 @@ func TestDockerCaddyfile(t *testing.T) {
 		{"bad tls_enabled", "docker {\n container_private_port 80\n tls_enabled yes\n}", Docker{}, "tls_enabled"},
 		{"tls_enabled two values", "docker {\n container_private_port 80\n tls_enabled true false\n}", Docker{}, "argument"},
 		{"unknown", "docker {\n container_private_port 80\n container_name web\n}", Docker{}, "container_name"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			var d Docker
-			err := d.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want one mentioning %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !sameDockerConfig(d, tt.want) {
-				t.Fatalf("got %+v, want %+v", d, tt.want)
-			}
-		})
-	}
+	}, func(got, want *Docker) bool {
+		return sameDockerConfig(*got, *want)
+	})
 }
 
 // fakeEngine serves the Engine API's list, inspect and events endpoints from

@@ -14,7 +14,6 @@ import (
 	"github.com/caddy-between/between/backend"
 	"github.com/caddy-between/between/internal/testpeers"
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -53,16 +52,7 @@ func TestEtcdValidate(t *testing.T) {
 		{"bad failpolicy", ok(func(e *Etcd) { e.FailPolicy = "drop" }), "failpolicy"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.e.Validate()
-			if tt.mention == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.mention) {
-				t.Fatalf("Validate() = %v, want an error naming %s", err, tt.mention)
-			}
+			wantErrNaming(t, "Validate()", tt.e.Validate(), tt.mention)
 		})
 	}
 }
@@ -135,11 +125,7 @@ func TestEtcdJSON(t *testing.T) {
 }
 
 func TestEtcdCaddyfile(t *testing.T) {
-	for _, tt := range []struct {
-		name, input string
-		want        Etcd
-		wantErr     string
-	}{
+	runCaddyfileCases(t, []caddyfileCase[Etcd]{
 		{"inline endpoints", "etcd 127.0.0.1:2379 127.0.0.2:2379 {\n prefix /svc\n}",
 			Etcd{Endpoints: []string{"127.0.0.1:2379", "127.0.0.2:2379"}, Prefix: "/svc"}, ""},
 		{"every field", `etcd {
@@ -167,24 +153,9 @@ func TestEtcdCaddyfile(t *testing.T) {
 		{"bad tls_enabled", "etcd {\n tls_enabled maybe\n}", Etcd{}, "tls_enabled"},
 		{"bad timeout", "etcd {\n timeout soon\n}", Etcd{}, "timeout"},
 		{"unknown", "etcd {\n lease 10\n}", Etcd{}, "lease"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			var e Etcd
-			err := e.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want one mentioning %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if fmt.Sprint(e) != fmt.Sprint(tt.want) {
-				t.Fatalf("got %+v\nwant %+v", e, tt.want)
-			}
-		})
-	}
+	}, func(got, want *Etcd) bool {
+		return fmt.Sprint(*got) == fmt.Sprint(*want)
+	})
 }
 
 // etcdObserved returns an Etcd source for prefix whose log is recorded.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddy-between/between/backend"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -150,4 +151,60 @@ func sourceLogger(src any) **zap.Logger {
 		return &s.logger
 	}
 	panic(fmt.Sprintf("no logger in %T", src))
+}
+
+// wantErrMentioning fails the test unless err mentions mention.
+func wantErrMentioning(t testing.TB, err error, mention string) {
+	t.Helper()
+	if err == nil || !strings.Contains(err.Error(), mention) {
+		t.Fatalf("err = %v, want one mentioning %q", err, mention)
+	}
+}
+
+// wantErrNaming fails the test unless err, returned by call ("Validate()"),
+// names mention; with mention empty, unless err is nil.
+func wantErrNaming(t testing.TB, call string, err error, mention string) {
+	t.Helper()
+	if mention == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if err == nil || !strings.Contains(err.Error(), mention) {
+		t.Fatalf("%s = %v, want an error naming %s", call, err, mention)
+	}
+}
+
+// caddyfileCase is a Caddyfile block for a source of type T and what
+// unmarshalling it must give: want, or an error mentioning wantErr.
+type caddyfileCase[T any] struct {
+	name, input string
+	want        T
+	wantErr     string
+}
+
+// runCaddyfileCases unmarshals each case's input into a zero T, in a subtest
+// named after the case, and checks the result with same.
+func runCaddyfileCases[T any, PT interface {
+	*T
+	caddyfile.Unmarshaler
+}](t *testing.T, cases []caddyfileCase[T], same func(got, want *T) bool) {
+	t.Helper()
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			var got T
+			err := PT(&got).UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
+			if tt.wantErr != "" {
+				wantErrMentioning(t, err, tt.wantErr)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !same(&got, &tt.want) {
+				t.Fatalf("got  %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
 }

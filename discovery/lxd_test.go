@@ -18,7 +18,6 @@ import (
 	"github.com/caddy-between/between/backend"
 	"github.com/caddy-between/between/internal/testpeers"
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -46,16 +45,7 @@ func TestLXDValidate(t *testing.T) {
 		{"bad failpolicy", LXD{ContainerPort: 80, Common: Common{FailPolicy: "drop"}}, "failpolicy"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.l.Validate()
-			if tt.mention == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.mention) {
-				t.Fatalf("Validate() = %v, want an error naming %s", err, tt.mention)
-			}
+			wantErrNaming(t, "Validate()", tt.l.Validate(), tt.mention)
 		})
 	}
 }
@@ -149,11 +139,7 @@ func lxdSameConfig(a, b *LXD) bool {
 }
 
 func TestLXDCaddyfile(t *testing.T) {
-	for _, tt := range []struct {
-		name, input string
-		want        LXD
-		wantErr     string
-	}{
+	runCaddyfileCases(t, []caddyfileCase[LXD]{
 		{"address only", `lxd unix:///var/snap/lxd/common/lxd/unix.socket`,
 			LXD{ServerAddress: "unix:///var/snap/lxd/common/lxd/unix.socket"}, ""},
 		{"every field", `lxd {
@@ -193,24 +179,9 @@ func TestLXDCaddyfile(t *testing.T) {
 		{"string without value", "lxd {\n container_label_key\n}", LXD{}, "argument"},
 		{"string extra", "lxd {\n container_interface eth0 eth1\n}", LXD{}, "argument"},
 		{"unknown", "lxd {\n container_colour red\n}", LXD{}, "container_colour"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			var l LXD
-			err := l.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want one mentioning %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !lxdSameConfig(&l, &tt.want) {
-				t.Fatalf("got  %+v\nwant %+v", l, tt.want)
-			}
-		})
-	}
+	}, func(got, want *LXD) bool {
+		return lxdSameConfig(got, want)
+	})
 }
 
 // fakeLXD serves handler on a unix socket and returns the server address.

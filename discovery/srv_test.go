@@ -1,14 +1,11 @@
 package discovery
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -563,16 +560,7 @@ func TestSRVValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := ok
 			tt.edit(&s)
-			err := s.Validate()
-			if tt.mention == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.mention) {
-				t.Fatalf("Validate() = %v, want an error naming %s", err, tt.mention)
-			}
+			wantErrNaming(t, "Validate()", s.Validate(), tt.mention)
 		})
 	}
 }
@@ -604,35 +592,9 @@ func TestSRVJSON(t *testing.T) {
 
 // Caddyfile -> JSON, golden files in testdata/srv: NAME.caddyfile gives NAME.json.
 func TestSRVCaddyfile(t *testing.T) {
-	inputs, err := filepath.Glob("testdata/srv/*.caddyfile")
-	if err != nil || len(inputs) == 0 {
-		t.Fatalf("no golden files: %v", err)
-	}
-	for _, in := range inputs {
-		name := strings.TrimSuffix(filepath.Base(in), ".caddyfile")
-		t.Run(name, func(t *testing.T) {
-			src, err := os.ReadFile(in)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var s SRV
-			if err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(string(src))); err != nil {
-				t.Fatal(err)
-			}
-			got, err := json.MarshalIndent(s, "", "\t")
-			if err != nil {
-				t.Fatal(err)
-			}
-			want, err := os.ReadFile(strings.TrimSuffix(in, ".caddyfile") + ".json")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(bytes.TrimSpace(got), bytes.TrimSpace(want)) {
-				t.Fatalf("got\n%s\nwant\n%s", got, want)
-			}
-		})
-	}
-	for _, tt := range []struct{ name, input, mention string }{
+	newSRV := func() caddyfile.Unmarshaler { return new(SRV) }
+	goldenCaddyfile(t, "testdata/srv", newSRV)
+	caddyfileErrors(t, newSRV, []struct{ name, input, mention string }{
 		{"inline argument", "srv _redis._tcp.example.com.", "argument"},
 		{"missing server", "srv {\n lookup_pattern _redis._tcp.example.com.\n}", "srv_lookup_server"},
 		{"missing pattern", "srv {\n lookup_server 127.0.0.1:53\n}", "srv_lookup_pattern"},
@@ -641,13 +603,5 @@ func TestSRVCaddyfile(t *testing.T) {
 		{"no value", "srv {\n lookup_pattern\n}", "argument"},
 		{"bad interval", "srv {\n lookup_server 127.0.0.1:53\n lookup_pattern x.\n interval often\n}", "interval"},
 		{"unknown", "srv {\n lookup_server 127.0.0.1:53\n lookup_pattern x.\n resolver 1.1.1.1\n}", "resolver"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			var s SRV
-			err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
-			if err == nil || !strings.Contains(err.Error(), tt.mention) {
-				t.Fatalf("err = %v, want one mentioning %q", err, tt.mention)
-			}
-		})
-	}
+	})
 }

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
 func TestStaticProvision(t *testing.T) {
@@ -81,16 +80,7 @@ func TestStaticValidate(t *testing.T) {
 		{"bad failpolicy", Static{StaticList: []string{"127.0.0.1:1"}, Common: Common{FailPolicy: "drop"}}, "failpolicy"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.s.Validate()
-			if tt.mention == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.mention) {
-				t.Fatalf("Validate() = %v, want an error naming %s", err, tt.mention)
-			}
+			wantErrNaming(t, "Validate()", tt.s.Validate(), tt.mention)
 		})
 	}
 }
@@ -115,11 +105,7 @@ func TestStaticJSON(t *testing.T) {
 }
 
 func TestStaticCaddyfile(t *testing.T) {
-	for _, tt := range []struct {
-		name, input string
-		want        Static
-		wantErr     string
-	}{
+	runCaddyfileCases(t, []caddyfileCase[Static]{
 		{"inline", `static 127.0.0.1:3001 127.0.0.1:3002`,
 			Static{StaticList: []string{"127.0.0.1:3001", "127.0.0.1:3002"}}, ""},
 		{"block", `static {
@@ -141,24 +127,9 @@ func TestStaticCaddyfile(t *testing.T) {
 		{"timeout without arg", "static 127.0.0.1:1 {\n timeout\n}", Static{}, "argument"},
 		{"failpolicy extra arg", "static 127.0.0.1:1 {\n failpolicy setempty now\n}", Static{}, "argument"},
 		{"unknown", "static 127.0.0.1:1 {\n colour red\n}", Static{}, "colour"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			var s Static
-			err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want one mentioning %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if strings.Join(s.StaticList, "|") != strings.Join(tt.want.StaticList, "|") || s.Common != tt.want.Common {
-				t.Fatalf("got %+v, want %+v", s, tt.want)
-			}
-		})
-	}
+	}, func(got, want *Static) bool {
+		return strings.Join(got.StaticList, "|") == strings.Join(want.StaticList, "|") && got.Common == want.Common
+	})
 }
 
 // The static source through the Runner: one fetch, then Run ends (interval 0).

@@ -2,8 +2,6 @@ package healthchecks
 
 import (
 	"bytes"
-	"context"
-	"encoding/json"
 	"net"
 	"os"
 	"os/exec"
@@ -16,43 +14,15 @@ import (
 	"time"
 
 	"github.com/caddy-between/between/backend"
-	"github.com/caddyserver/caddy/v2"
+	"github.com/caddy-between/between/internal/testutil"
 )
 
 // load builds a checker module from JSON as Caddy would: strict decoding,
-// Provision, Validate.
-func load(t testing.TB, kind, js string) (Configured, error) {
-	t.Helper()
-	info, err := caddy.GetModule("between.healthchecks." + kind)
-	if err != nil {
-		t.Fatalf("module %s: %v", kind, err)
-	}
-	mod := info.New()
-	dec := json.NewDecoder(strings.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(mod); err != nil {
-		return nil, err
-	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
-	if err := mod.(caddy.Provisioner).Provision(ctx); err != nil {
-		return nil, err
-	}
-	if err := mod.(caddy.Validator).Validate(); err != nil {
-		return nil, err
-	}
-	return mod.(Configured), nil
-}
-
-// mustLoad is load that fails the test on error.
-func mustLoad(t testing.TB, kind, js string) Configured {
-	t.Helper()
-	c, err := load(t, kind, js)
-	if err != nil {
-		t.Fatalf("%s %s: %v", kind, js, err)
-	}
-	return c
-}
+// Provision, Validate; mustLoad fails the test on error.
+var (
+	load     = testutil.Loader[Configured]("between.healthchecks.").Load
+	mustLoad = testutil.Loader[Configured]("between.healthchecks.").MustLoad
+)
 
 // backendAt returns the backend for "host:port".
 func backendAt(t testing.TB, hostport string) *backend.Backend {

@@ -31,7 +31,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 }
 
 // freePort returns a port that was free on host a moment ago.
-func freePort(t *testing.T, host string) string {
+func freePort(t testing.TB, host string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
@@ -43,15 +43,9 @@ func freePort(t *testing.T, host string) string {
 
 // open returns a virtual listener on host:port through the registered
 // ListenerFunc and closes it at the end of the test.
-func open(t *testing.T, host, port string) *listener {
+func open(t testing.TB, host, port string) *listener {
 	t.Helper()
-	ln, err := listenTCP(context.Background(), NetworkTCP, host, port, 0, net.ListenConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := ln.(*listener)
-	t.Cleanup(func() { _ = l.Close() })
-	return l
+	return openOn(t, tcpKind, host, port)
 }
 
 // echoOne reads one byte from c, writes it back and closes c.
@@ -85,20 +79,11 @@ func roundTrip(addr string, b byte) error {
 }
 
 func TestRegistered(t *testing.T) {
-	// RegisterNetwork panics on a second registration of the same name.
-	defer func() {
-		if recover() == nil {
-			t.Fatal("registering between+tcp again did not panic: init did not register it")
-		}
-	}()
-	caddy.RegisterNetwork(NetworkTCP, listenTCP)
+	checkRegistered(t, tcpKind)
 }
 
 func TestIsNetworkTCP(t *testing.T) {
-	for _, tc := range []struct {
-		addr string
-		want bool
-	}{
+	checkIsNetwork(t, "IsNetworkTCP", IsNetworkTCP, []networkCase{
 		{"between+tcp/:6380", true},
 		{"between+tcp/[::1]:80", true},
 		{"BETWEEN+TCP/127.0.0.1:80-90", true},
@@ -108,11 +93,7 @@ func TestIsNetworkTCP(t *testing.T) {
 		{"between+udp/:53", false},
 		{"unix//run/between+tcp/x.sock", false},
 		{"between+tcp", false},
-	} {
-		if got := IsNetworkTCP(tc.addr); got != tc.want {
-			t.Errorf("IsNetworkTCP(%q) = %v, want %v", tc.addr, got, tc.want)
-		}
-	}
+	})
 }
 
 func TestResolvePort(t *testing.T) {
@@ -144,17 +125,11 @@ func TestResolvePort(t *testing.T) {
 }
 
 func TestListenRejectsBadAddresses(t *testing.T) {
-	for _, tc := range []struct{ host, port string }{
+	checkListenRejects(t, tcpKind, []badAddr{
 		{"127.0.0.1", ""},
 		{"127.0.0.1", "http"},
 		{"192.0.2.1", "6380"}, // TEST-NET-1: not a local address
-	} {
-		ln, err := listenTCP(context.Background(), NetworkTCP, tc.host, tc.port, 0, net.ListenConfig{})
-		if err == nil {
-			ln.(net.Listener).Close()
-			t.Errorf("listen %q %q: no error", tc.host, tc.port)
-		}
-	}
+	}, nil)
 }
 
 // TestQueuedConnsMoveToNewListener: connections queued on A while it is the
@@ -432,49 +407,17 @@ func TestLastCloseClosesSocket(t *testing.T) {
 // TestCloseIdempotentAndAccept: Close twice is fine; a blocked Accept is
 // released by Close and any later Accept returns net.ErrClosed.
 func TestCloseIdempotentAndAccept(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		other bool // another listener stays open on the socket
-	}{
-		{"last", false},
-		{"not last", true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			port := freePort(t, "127.0.0.1")
-			if tc.other {
-				open(t, "127.0.0.1", port)
-			}
-			l := open(t, "127.0.0.1", port)
-			blocked := make(chan error, 1)
-			go func() {
-				_, err := l.Accept()
-				blocked <- err
-			}()
-			if err := l.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-blocked; !errors.Is(err, net.ErrClosed) {
-				t.Fatalf("blocked Accept: %v, want net.ErrClosed", err)
-			}
-			for range 2 {
-				if err := l.Close(); err != nil {
-					t.Fatalf("second Close: %v", err)
-				}
-				if _, err := l.Accept(); !errors.Is(err, net.ErrClosed) {
-					t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
-				}
-			}
-		})
-	}
+	checkCloseIdempotentAndAccept(t, tcpKind, func(other bool) string {
+		if other {
+			return "not last"
+		}
+		return "last"
+	})
 }
 
 // TestPortZeroNotShared: port 0 binds a fresh socket per call.
 func TestPortZeroNotShared(t *testing.T) {
-	a := open(t, "127.0.0.1", "0")
-	b := open(t, "127.0.0.1", "0")
-	if a.sock == b.sock || a.Addr().String() == b.Addr().String() {
-		t.Fatalf("port 0 listeners share a socket: %v %v", a.Addr(), b.Addr())
-	}
+	checkPortZeroNotShared(t, tcpKind)
 }
 
 // TestThroughCaddy: a "between+tcp/…" address listened on through Caddy's
@@ -484,29 +427,7 @@ func TestThroughCaddy(t *testing.T) {
 	defer cancel()
 
 	port := freePort(t, "127.0.0.1")
-	na, err := caddy.ParseNetworkAddress(NetworkTCP + "/127.0.0.1:" + port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []*listener
-	for range 2 {
-		ln, err := na.Listen(ctx, 0, net.ListenConfig{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, ok := ln.(*listener)
-		if !ok {
-			t.Fatalf("Listen returned %T, want *listener", ln)
-		}
-		t.Cleanup(func() { _ = l.Close() })
-		got = append(got, l)
-	}
-	if got[0].sock != got[1].sock {
-		t.Fatal("two Listen calls on one address did not share the socket")
-	}
-	if got[0].Addr().String() != "127.0.0.1:"+port {
-		t.Fatalf("Addr() = %v", got[0].Addr())
-	}
+	got := listenTwiceThroughCaddy(t, tcpKind, ctx, port, nil)
 
 	errc := make(chan error, 1)
 	go func() { errc <- roundTrip(got[0].Addr().String(), 1) }()

@@ -34,13 +34,7 @@ func freeUDPPort(t testing.TB, host string) string {
 // ListenerFunc and closes it at the end of the test.
 func openUDP(t testing.TB, host, port string) *udpListener {
 	t.Helper()
-	ln, err := listenUDP(context.Background(), NetworkUDP, host, port, 0, net.ListenConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := ln.(*udpListener)
-	t.Cleanup(func() { _ = l.Close() })
-	return l
+	return openOn(t, udpKind, host, port)
 }
 
 // dialUDP returns a client socket connected to l's address.
@@ -161,19 +155,11 @@ func pattern(n int, seed byte) []byte {
 }
 
 func TestUDPRegistered(t *testing.T) {
-	defer func() {
-		if recover() == nil {
-			t.Fatal("registering between+udp again did not panic: init did not register it")
-		}
-	}()
-	caddy.RegisterNetwork(NetworkUDP, listenUDP)
+	checkRegistered(t, udpKind)
 }
 
 func TestIsNetworkUDP(t *testing.T) {
-	for _, tc := range []struct {
-		addr string
-		want bool
-	}{
+	checkIsNetwork(t, "IsNetworkUDP", IsNetworkUDP, []networkCase{
 		{"between+udp/:5353", true},
 		{"between+udp/[::1]:53", true},
 		{"BETWEEN+UDP/127.0.0.1:53-55", true},
@@ -182,28 +168,20 @@ func TestIsNetworkUDP(t *testing.T) {
 		{"udp/:53", false},
 		{"between+tcp/:53", false},
 		{"between+udp", false},
-	} {
-		if got := IsNetworkUDP(tc.addr); got != tc.want {
-			t.Errorf("IsNetworkUDP(%q) = %v, want %v", tc.addr, got, tc.want)
-		}
-	}
+	})
 }
 
 func TestUDPListenRejectsBadAddresses(t *testing.T) {
-	for _, tc := range []struct{ host, port string }{
+	checkListenRejects(t, udpKind, []badAddr{
 		{"127.0.0.1", ""},
 		{"127.0.0.1", "dns"},
 		{"127.0.0.1", "70000"},
 		{"192.0.2.1", "5353"}, // TEST-NET-1: not a local address
-	} {
-		ln, err := listenUDP(context.Background(), NetworkUDP, tc.host, tc.port, 0, net.ListenConfig{})
-		if err == nil {
-			ln.(net.Listener).Close()
-			t.Errorf("listen %q %q: no error", tc.host, tc.port)
-		} else if !bytes.HasPrefix([]byte(err.Error()), []byte(NetworkUDP+": ")) {
+	}, func(tc badAddr, err error) {
+		if !bytes.HasPrefix([]byte(err.Error()), []byte(NetworkUDP+": ")) {
 			t.Errorf("listen %q %q: error %q does not name %s", tc.host, tc.port, err, NetworkUDP)
 		}
-	}
+	})
 }
 
 // TestUDPDatagramBoundaries: every Read returns exactly one datagram, up to
@@ -643,34 +621,9 @@ func TestUDPLastClose(t *testing.T) {
 // TestUDPCloseIdempotentAndAccept: Close twice is fine; a blocked Accept is
 // released by Close and any later Accept returns net.ErrClosed.
 func TestUDPCloseIdempotentAndAccept(t *testing.T) {
-	for _, other := range []bool{false, true} {
-		t.Run(fmt.Sprintf("other=%v", other), func(t *testing.T) {
-			port := freeUDPPort(t, "127.0.0.1")
-			if other {
-				openUDP(t, "127.0.0.1", port)
-			}
-			l := openUDP(t, "127.0.0.1", port)
-			blocked := make(chan error, 1)
-			go func() {
-				_, err := l.Accept()
-				blocked <- err
-			}()
-			if err := l.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-blocked; !errors.Is(err, net.ErrClosed) {
-				t.Fatalf("blocked Accept: %v, want net.ErrClosed", err)
-			}
-			for range 2 {
-				if err := l.Close(); err != nil {
-					t.Fatalf("second Close: %v", err)
-				}
-				if _, err := l.Accept(); !errors.Is(err, net.ErrClosed) {
-					t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
-				}
-			}
-		})
-	}
+	checkCloseIdempotentAndAccept(t, udpKind, func(other bool) string {
+		return fmt.Sprintf("other=%v", other)
+	})
 }
 
 // TestUDPConnClose: a closed session reads net.ErrClosed and cannot write;
@@ -863,11 +816,7 @@ func TestUDPIdleSweep(t *testing.T) {
 
 // TestUDPPortZeroNotShared: port 0 binds a fresh socket per call.
 func TestUDPPortZeroNotShared(t *testing.T) {
-	a := openUDP(t, "127.0.0.1", "0")
-	b := openUDP(t, "127.0.0.1", "0")
-	if a.sock == b.sock || a.Addr().String() == b.Addr().String() {
-		t.Fatalf("port 0 listeners share a socket: %v %v", a.Addr(), b.Addr())
-	}
+	checkPortZeroNotShared(t, udpKind)
 }
 
 // TestUDPIPv6: sessions on [::1], and IPv4 clients of a dual-stack socket
@@ -916,32 +865,11 @@ func TestUDPThroughCaddy(t *testing.T) {
 	defer cancel()
 
 	port := freeUDPPort(t, "127.0.0.1")
-	na, err := caddy.ParseNetworkAddress(NetworkUDP + "/127.0.0.1:" + port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []*udpListener
-	for range 2 {
-		ln, err := na.Listen(ctx, 0, net.ListenConfig{})
-		if err != nil {
-			t.Fatal(err)
-		}
+	got := listenTwiceThroughCaddy(t, udpKind, ctx, port, func(ln any) {
 		if _, isPacket := ln.(net.PacketConn); isPacket {
 			t.Fatal("Listen returned a net.PacketConn")
 		}
-		l, ok := ln.(*udpListener)
-		if !ok {
-			t.Fatalf("Listen returned %T, want *udpListener", ln)
-		}
-		t.Cleanup(func() { _ = l.Close() })
-		got = append(got, l)
-	}
-	if got[0].sock != got[1].sock {
-		t.Fatal("two Listen calls on one address did not share the socket")
-	}
-	if got[0].Addr().String() != "127.0.0.1:"+port {
-		t.Fatalf("Addr() = %v", got[0].Addr())
-	}
+	})
 
 	zero, err := caddy.ParseNetworkAddress(NetworkUDP + "/127.0.0.1:0")
 	if err != nil {
