@@ -20,7 +20,9 @@
 #   bench/run.sh                                   # ~5 min -> bench/results/<time>/results.md
 #   BETWEEN_BASELINE=c152d67 bench/run.sh --quiet-wait 30 --rounds 3
 #
-# Environment: BETWEEN_BASELINE (commit, off), BETWEEN_BENCH_HARNESS (harness
+# With BETWEEN_ONE_CORE=1 two more targets run the same configs under
+# GOMAXPROCS=1 (between-1p on 19511-19512, between-udp-1p on 19513/udp).
+# Environment: BETWEEN_BASELINE (commit, off), BETWEEN_ONE_CORE (off), BETWEEN_BENCH_HARNESS (harness
 # folder, ../shared/bench), MAX_LIFE (seconds each server may live, 7200 here)
 # and the harness's own knobs (ROUNDS, WRK_SECS, ...).
 set -euo pipefail
@@ -80,6 +82,17 @@ if [[ -n "$BASELINE" ]]; then
 	git -C "$ROOT" worktree remove --force "$BASE_TREE"
 	BASE_TREE=""
 	targets+=(--custom "name=between-$short,tcp=127.0.0.1:19601,iperf=127.0.0.1:19602,cmd=$WORK/caddy-$short run --config $WORK/between-$short.json")
+fi
+
+if [[ -n "${BETWEEN_ONE_CORE:-}" ]]; then
+	# the same two configs on other ports, run with GOMAXPROCS=1: what one
+	# scheduler thread saves in CPU and costs in throughput
+	sed -e 's/:19501"/:19511"/g' -e 's/:19502"/:19512"/g' "$ROOT/bench/between.json" >"$WORK/between-1p.json"
+	sed -e 's/:19503"/:19513"/g' "$ROOT/bench/between-udp.json" >"$WORK/between-udp-1p.json"
+	targets+=(
+		--custom "name=between-1p,tcp=127.0.0.1:19511,iperf=127.0.0.1:19512,cmd=env GOMAXPROCS=1 $WORK/caddy run --config $WORK/between-1p.json"
+		--custom "name=between-udp-1p,udp=127.0.0.1:19513,cmd=env GOMAXPROCS=1 $WORK/caddy run --config $WORK/between-udp-1p.json"
+	)
 fi
 
 OUT=$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)
