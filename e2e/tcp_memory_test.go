@@ -106,7 +106,7 @@ func TestTCPMemoryPerIdleConn(t *testing.T) {
 	// HAProxy in the same run, same backend, same clients.
 	hlisten := freeAddr(t)
 	h := startHAProxy(t, fmt.Sprintf("global\n\tmaxconn %d\nlisten mem\n\tbind %s\n\ttimeout client 120s\n\ttimeout server 120s\n\tserver b %s\n",
-		n+1000, hlisten, backend.addr), hlisten)
+		n+100, hlisten, backend.addr), hlisten)
 	warm = openIdleTCPConns(t, hlisten, 500)
 	closeAll(warm)
 	time.Sleep(500 * time.Millisecond)
