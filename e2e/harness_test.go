@@ -101,8 +101,16 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 // the admin endpoint is added) and waits until the config is loaded.
 func startCaddy(t testing.TB, apps string) *instance {
 	t.Helper()
+	return startCaddyAt(t, "DEBUG", apps)
+}
+
+// startCaddyAt is startCaddy with the default log at level (the memory
+// tests log at INFO: caddy-l4 logs every connection at DEBUG, which is not
+// the cost of a connection).
+func startCaddyAt(t testing.TB, level, apps string) *instance {
+	t.Helper()
 	c := &instance{t: t, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	cfg := fmt.Sprintf(`{"admin":{"listen":%q},"logging":{"logs":{"default":{"level":"DEBUG"}}},"apps":%s}`, c.admin, apps)
+	cfg := fmt.Sprintf(`{"admin":{"listen":%q},"logging":{"logs":{"default":{"level":%q}}},"apps":%s}`, c.admin, level, apps)
 	path := filepath.Join(t.TempDir(), "caddy.json")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -18,7 +18,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -63,18 +62,11 @@ func TestTCPMemoryPerIdleConn(t *testing.T) {
 
 	// Between.
 	listen := freeAddr(t)
-	c := &instance{t: t, admin: freeAddr(t)}
 	srv := staticServer(shared(listen), backend.addr)
 	srv["client_idle_timeout"] = "120s"
 	srv["backend_idle_timeout"] = "120s"
 	srv["max_connections"] = 2*n + 1000
-	cfg := fmt.Sprintf(`{"admin":{"listen":%q},"logging":{"logs":{"default":{"level":"INFO"}}},"apps":%s}`,
-		c.admin, between(map[string]any{"mem": srv}))
-	path := filepath.Join(t.TempDir(), "caddy.json")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c.start(t, "run", "--config", path)
+	c := startCaddyAt(t, "INFO", between(map[string]any{"mem": srv}))
 	pid := c.cmd.Process.Pid
 	if lim := procLimit(pid, "Max open files"); lim > 0 && lim < 2*n+100 {
 		t.Fatalf("caddy may open %d files, needs more than %d", lim, 2*n)

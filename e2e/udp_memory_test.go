@@ -103,16 +103,7 @@ func measureCaddyUDPMemory(t *testing.T, n int, profiles bool) udpMemResult {
 	listen := freeUDPAddr(t)
 	srv := udpServer("between+udp/"+listen, map[string]any{"max_sessions": 2*n + 1000},
 		map[string]any{"client_idle_timeout": "60s"}, backend)
-	c := &instance{t: t, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	// INFO: caddy-l4 logs every session at DEBUG, which is not the cost
-	// of a session.
-	cfg := fmt.Sprintf(`{"admin":{"listen":%q},"logging":{"logs":{"default":{"level":"INFO"}}},"apps":%s}`,
-		c.admin, between(map[string]any{"mem": srv}))
-	path := filepath.Join(t.TempDir(), "caddy.json")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c.start(t, "run", "--config", path)
+	c := startCaddyAt(t, "INFO", between(map[string]any{"mem": srv}))
 	pid := c.cmd.Process.Pid
 	if lim := procLimit(pid, "Max open files"); lim > 0 && lim < n+1000 {
 		t.Fatalf("caddy may open %d files, needs more than %d", lim, n)
