@@ -167,7 +167,7 @@ func launchCaddy(t *testing.T, cfg map[string]any) *instance {
 	c.cmd = exec.Command(caddyBin, "run", "--config", path)
 	c.cmd.Dir = c.home
 	c.cmd.Env = append(os.Environ(), "HOME="+c.home, "XDG_DATA_HOME="+c.home, "XDG_CONFIG_HOME="+c.home)
-	c.cmd.Stdout, c.cmd.Stderr = lockedWriter{c}, lockedWriter{c}
+	c.cmd.Stdout, c.cmd.Stderr = &c.out, &c.out
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -78,23 +78,37 @@ type instance struct {
 	admin string // host:port of the admin endpoint
 	home  string // HOME and XDG dirs of the process (autosave lives there); a new temp dir when ""
 	cmd   *exec.Cmd
-	logMu sync.Mutex
-	log   bytes.Buffer
+	out   lockedBuffer // what the process printed
 }
 
 // logs returns what the process printed so far.
-func (c *instance) logs() string {
-	c.logMu.Lock()
-	defer c.logMu.Unlock()
-	return c.log.String()
+func (c *instance) logs() string { return c.out.String() }
+
+// lockedBuffer collects a child process's output: its Write (the process's
+// stdout and stderr) may run while a test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
 }
 
-type lockedWriter struct{ c *instance }
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
 
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.c.logMu.Lock()
-	defer w.c.logMu.Unlock()
-	return w.c.log.Write(p)
+// String returns everything written so far.
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Reset forgets everything written so far.
+func (l *lockedBuffer) Reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.Reset()
 }
 
 // startCaddy runs caddy with the given JSON config (an object with "apps";
@@ -142,7 +156,7 @@ func (c *instance) start(t testing.TB, args ...string) {
 	}
 	c.cmd.Dir = c.home
 	c.cmd.Env = append(os.Environ(), "HOME="+c.cmd.Dir, "XDG_DATA_HOME="+c.cmd.Dir, "XDG_CONFIG_HOME="+c.cmd.Dir)
-	c.cmd.Stdout, c.cmd.Stderr = lockedWriter{c}, lockedWriter{c}
+	c.cmd.Stdout, c.cmd.Stderr = &c.out, &c.out
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -63,27 +62,14 @@ type patroniNode struct {
 
 	cmd    *exec.Cmd
 	exited chan struct{}
-	mu     sync.Mutex
-	out    strings.Builder
+	out    lockedBuffer
 }
 
 func (n *patroniNode) setRole(r string) { n.role.Store(r) }
 func (n *patroniNode) getRole() string  { return n.role.Load().(string) }
 
 // output returns what redis-server printed.
-func (n *patroniNode) output() string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.out.String()
-}
-
-type nodeOutput struct{ n *patroniNode }
-
-func (w nodeOutput) Write(p []byte) (int, error) {
-	w.n.mu.Lock()
-	defer w.n.mu.Unlock()
-	return w.n.out.Write(p)
-}
+func (n *patroniNode) output() string { return n.out.String() }
 
 // stop kills redis-server (by its PID) and waits for it.
 func (n *patroniNode) stop() {
@@ -229,7 +215,7 @@ func (cl *patroniCluster) startRedis(t *testing.T, bin string) error {
 		}
 		n.cmd = exec.Command(bin, args...)
 		n.out.Reset()
-		n.cmd.Stdout, n.cmd.Stderr = nodeOutput{n}, nodeOutput{n}
+		n.cmd.Stdout, n.cmd.Stderr = &n.out, &n.out
 		if err := n.cmd.Start(); err != nil {
 			n.cmd = nil
 			return err

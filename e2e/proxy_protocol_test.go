@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -23,22 +22,11 @@ func init() {
 // haproxy is a running HAProxy whose log lines (format raw, to stdout) the
 // test reads.
 type haproxy struct {
-	mu  sync.Mutex
-	out strings.Builder
+	out lockedBuffer
 	pid int
 }
 
-func (h *haproxy) Write(p []byte) (int, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.out.Write(p)
-}
-
-func (h *haproxy) logs() string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.out.String()
-}
+func (h *haproxy) logs() string { return h.out.String() }
 
 // startHAProxy runs HAProxy in the foreground with the given sections after
 // a global section that logs to stdout, and waits until it accepts on ready.
@@ -55,7 +43,7 @@ func startHAProxy(t *testing.T, sections, ready string) *haproxy {
 	h := &haproxy{}
 	cmd := exec.Command(bin, "-db", "-f", path)
 	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = h, h
+	cmd.Stdout, cmd.Stderr = &h.out, &h.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -36,14 +35,11 @@ type pebble struct {
 	caFile   string // trust anchor of Pebble's own HTTPS endpoint
 	rootFile string // Pebble's issuing root, which the certificates it issues chain to
 	cmd      *exec.Cmd
-	mu       sync.Mutex
-	out      bytes.Buffer
+	out      lockedBuffer
 }
 
 // logs returns what Pebble printed so far.
 func (p *pebble) logs() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	return p.out.String()
 }
 
@@ -80,7 +76,7 @@ func startPebble(t *testing.T, alwaysValid bool, tlsPort int, dnsAddr string) *p
 	if alwaysValid {
 		p.cmd.Env = append(p.cmd.Env, "PEBBLE_VA_ALWAYS_VALID=1")
 	}
-	p.cmd.Stdout, p.cmd.Stderr = &lockedBuffer{&p.mu, &p.out}, &lockedBuffer{&p.mu, &p.out}
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -110,18 +106,6 @@ func startPebble(t *testing.T, alwaysValid bool, tlsPort int, dnsAddr string) *p
 		t.Fatal(err)
 	}
 	return p
-}
-
-// lockedBuffer is an io.Writer safe for a process's stdout and stderr.
-type lockedBuffer struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (w *lockedBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
 }
 
 // verifiedSession runs `openssl s_client` against addr for serverName,
@@ -431,9 +415,8 @@ func TestTLSTerminationTLSALPN01(t *testing.T) {
 	dns := freeAddr(t)
 	srv := exec.Command(bin, "-dns01", dns, "-http01", "", "-https01", "", "-tlsalpn01", "",
 		"-management", freeAddr(t), "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "")
-	var mu sync.Mutex
-	var srvOut bytes.Buffer
-	srv.Stdout, srv.Stderr = &lockedBuffer{&mu, &srvOut}, &lockedBuffer{&mu, &srvOut}
+	var srvOut lockedBuffer
+	srv.Stdout, srv.Stderr = &srvOut, &srvOut
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -441,9 +424,7 @@ func TestTLSTerminationTLSALPN01(t *testing.T) {
 		srv.Process.Kill()
 		srv.Wait()
 		if t.Failed() {
-			mu.Lock()
 			t.Logf("pebble-challtestsrv output:\n%s", tail(srvOut.String(), 20))
-			mu.Unlock()
 		}
 	})
 	waitFor(t, 10*time.Second, "pebble-challtestsrv's DNS server", func() bool {

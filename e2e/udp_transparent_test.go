@@ -318,7 +318,7 @@ func tpStartCaddy(t *testing.T, ip, ns, apps string) *instance {
 	c.cmd = exec.Command(ip, "netns", "exec", ns, caddyBin, "run", "--config", path)
 	c.cmd.Dir = c.home
 	c.cmd.Env = append(os.Environ(), "HOME="+c.home, "XDG_DATA_HOME="+c.home, "XDG_CONFIG_HOME="+c.home)
-	c.cmd.Stdout, c.cmd.Stderr = lockedWriter{c}, lockedWriter{c}
+	c.cmd.Stdout, c.cmd.Stderr = &c.out, &c.out
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

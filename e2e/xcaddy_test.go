@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -172,10 +171,8 @@ func TestXcaddyBuild(t *testing.T) {
 		cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
 		cmd.Dir = dir
 		cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-		var logMu sync.Mutex
-		var log bytes.Buffer
-		w := xcWriter{&logMu, &log}
-		cmd.Stdout, cmd.Stderr = w, w
+		var log lockedBuffer
+		cmd.Stdout, cmd.Stderr = &log, &log
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -185,9 +182,7 @@ func TestXcaddyBuild(t *testing.T) {
 			cmd.Process.Kill()
 			<-exited
 			if t.Failed() {
-				logMu.Lock()
 				t.Logf("caddy output:\n%s", tail(log.String(), logTail()))
-				logMu.Unlock()
 			}
 		})
 		waitFor(t, 15*time.Second, "the quickstart to serve", func() bool {
@@ -229,15 +224,4 @@ func TestXcaddyBuild(t *testing.T) {
 			}
 		}
 	})
-}
-
-type xcWriter struct {
-	mu  *sync.Mutex
-	buf *bytes.Buffer
-}
-
-func (w xcWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(p)
 }
