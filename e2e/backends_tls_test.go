@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -82,7 +81,7 @@ func btServer(t testing.TB, cert btCert, extra ...string) string {
 	addr := freeAddr(t)
 	args := append([]string{"s_server", "-accept", addr, "-cert", cert.cert, "-key", cert.key, "-www", "-quiet"}, extra...)
 	cmd := exec.Command(openssl, args...)
-	out := new(syncBuffer)
+	out := new(lockedBuffer)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -314,22 +313,4 @@ func btGetTLS(t *testing.T, addr, serverName, rootFile string) string {
 	io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
 	b, _ := io.ReadAll(c)
 	return string(b)
-}
-
-// syncBuffer collects a process's output for the test's failure message.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

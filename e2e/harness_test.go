@@ -5,7 +5,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/caddy-between/between/internal/testpeers"
+	"github.com/caddy-between/between/internal/testutil"
 )
 
 // caddyBin is the binary under test, built once in TestMain.
@@ -84,32 +84,8 @@ type instance struct {
 // logs returns what the process printed so far.
 func (c *instance) logs() string { return c.out.String() }
 
-// lockedBuffer collects a child process's output: its Write (the process's
-// stdout and stderr) may run while a test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// String returns everything written so far.
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// Reset forgets everything written so far.
-func (l *lockedBuffer) Reset() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b.Reset()
-}
+// lockedBuffer collects a child process's output.
+type lockedBuffer = testutil.LockedBuffer
 
 // startCaddy runs caddy with the given JSON config (an object with "apps";
 // the admin endpoint is added) and waits until the config is loaded.

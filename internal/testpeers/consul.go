@@ -1,17 +1,16 @@
 package testpeers
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/caddy-between/between/internal/testutil"
 	"github.com/hashicorp/consul/api"
 )
 
@@ -61,8 +60,7 @@ type Consul struct {
 
 	cmd    *exec.Cmd
 	exited chan struct{}
-	mu     sync.Mutex
-	out    bytes.Buffer
+	out    testutil.LockedBuffer
 }
 
 // StartConsul runs a dev agent on free loopback ports (DNS and gRPC off),
@@ -116,7 +114,7 @@ tls {
 		"-http-port", port(a.HTTP), "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
 		"-server-port", strconv.Itoa(FreePort(t)), "-serf-lan-port", strconv.Itoa(FreePort(t)),
 		"-serf-wan-port", "-1", "-data-dir", filepath.Join(dir, "data"), "-config-file", cfg)
-	a.cmd.Stdout, a.cmd.Stderr = (*consulOutput)(a), (*consulOutput)(a)
+	a.cmd.Stdout, a.cmd.Stderr = &a.out, &a.out
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -163,19 +161,8 @@ func port(hostport string) string {
 	return p
 }
 
-// consulOutput collects the agent's output for failure reports.
-type consulOutput Consul
-
-func (o *consulOutput) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.out.Write(p)
-}
-
 // Output returns the last 40 lines of the agent's output.
 func (a *Consul) Output() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	return tail(a.out.String(), 40)
 }
 

@@ -2,9 +2,11 @@
 package testutil
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -51,4 +53,32 @@ func (l Loader[T]) MustLoad(t testing.TB, name, js string) T {
 		t.Fatalf("%s %s: %v", name, js, err)
 	}
 	return mod
+}
+
+// LockedBuffer collects a child process's output: Write (the process's
+// stdout and stderr) may run while a test reads it. The zero value is ready.
+type LockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (l *LockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns everything written so far.
+func (l *LockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Reset forgets everything written so far.
+func (l *LockedBuffer) Reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.Reset()
 }
