@@ -43,27 +43,40 @@ func TestBuildServer(t *testing.T) {
 		{"not JSON", `{`, nil, false, nil, "body"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv, files, acme, err := buildServer("web", []byte(tc.body))
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("err = %v, want one naming %q", err, tc.err)
-				}
+			_, files, acme, ok := checkBuildServer(t, tc.body, tc.err, tc.want)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			js, _ := json.Marshal(srv)
-			for _, w := range tc.want {
-				if !strings.Contains(string(js), w) {
-					t.Errorf("server %s lacks %s", js, w)
-				}
 			}
 			if (files != nil) != tc.files || strings.Join(acme, ",") != strings.Join(tc.acme, ",") {
 				t.Errorf("files %v, acme %v; want files %v, acme %v", files, acme, tc.files, tc.acme)
 			}
 		})
 	}
+}
+
+// checkBuildServer runs buildServer for the handler "web" on body. When
+// wantErr is set it checks that the error names it and reports false;
+// otherwise it fails on an error, checks that the server's JSON holds every
+// part of want, and returns that JSON with the TLS files and ACME hosts.
+func checkBuildServer(t *testing.T, body, wantErr string, want []string) (js string, files map[string]any, acme []string, ok bool) {
+	t.Helper()
+	srv, files, acme, err := buildServer("web", []byte(body))
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("err = %v, want one naming %q", err, wantErr)
+		}
+		return "", nil, nil, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(srv)
+	for _, w := range want {
+		if !strings.Contains(string(b), w) {
+			t.Errorf("server %s lacks %s", b, w)
+		}
+	}
+	return string(b), files, acme, true
 }
 
 // TestClaimReleaseTLS: what a server puts in the tls and between apps is
@@ -151,24 +164,12 @@ func TestBuildGobetweenServer(t *testing.T) {
 		{"not JSON", `{"bind":`, nil, nil, nil, nil, "body"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv, files, acme, err := buildServer("web", []byte(tc.body))
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("err = %v, want one naming %q", err, tc.err)
-				}
+			js, files, acme, ok := checkBuildServer(t, tc.body, tc.err, tc.want)
+			if !ok {
 				return
 			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			js, _ := json.Marshal(srv)
-			for _, w := range tc.want {
-				if !strings.Contains(string(js), w) {
-					t.Errorf("server %s lacks %s", js, w)
-				}
-			}
 			for _, w := range tc.not {
-				if strings.Contains(string(js), w) {
+				if strings.Contains(js, w) {
 					t.Errorf("server %s holds %s", js, w)
 				}
 			}
