@@ -79,6 +79,21 @@ func checkBuildServer(t *testing.T, body, wantErr string, want []string) (js str
 	return string(b), files, acme, true
 }
 
+// putServer does to cfg what a POST or PUT of body for the server name
+// does: build it, take out what its previous version put in the tls and
+// between apps, and put the new one in.
+func putServer(t *testing.T, cfg map[string]any, name, body string) {
+	t.Helper()
+	srv, files, acme, err := buildServer(name, []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	servers := layer4Servers(cfg)
+	releaseTLS(cfg, name, servers[name])
+	servers[name] = srv
+	claimTLS(cfg, files, acme)
+}
+
 // TestClaimReleaseTLS: what a server puts in the tls and between apps is
 // taken out again when it is replaced or deleted, and nothing else is.
 func TestClaimReleaseTLS(t *testing.T) {
@@ -88,16 +103,7 @@ func TestClaimReleaseTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	const disc = `"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}`
-	add := func(name, body string) {
-		srv, files, acme, err := buildServer(name, []byte(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		servers := layer4Servers(cfg)
-		releaseTLS(cfg, name, servers[name])
-		servers[name] = srv
-		claimTLS(cfg, files, acme)
-	}
+	add := func(name, body string) { putServer(t, cfg, name, body) }
 	add("a", `{"listen":[":1"],"protocol":"tls","tls":{"acme_hosts":["a.test"]},`+disc+`}`)
 	add("b", `{"listen":[":2"],"protocol":"tls","tls":{"cert_path":"c","key_path":"k"},`+disc+`}`)
 	js := func() string { b, _ := json.Marshal(cfg["apps"]); return string(b) }
@@ -198,16 +204,7 @@ func TestClaimReleaseGobetweenTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	const disc = `"discovery":{"kind":"static","static_list":["127.0.0.1:1"]}`
-	add := func(name, body string) {
-		srv, files, acme, err := buildServer(name, []byte(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		servers := layer4Servers(cfg)
-		releaseTLS(cfg, name, servers[name])
-		servers[name] = srv
-		claimTLS(cfg, files, acme)
-	}
+	add := func(name, body string) { putServer(t, cfg, name, body) }
 	js := func() string { b, _ := json.Marshal(cfg["apps"]); return string(b) }
 	add("a", `{"bind":":1","protocol":"tls","tls":{"acme_hosts":["a.test"],"min_version":"tls1.2"},`+disc+`}`)
 	add("b", `{"bind":":2","protocol":"tls","tls":{"cert_path":"c","key_path":"k","min_version":"tls1.2"},`+disc+`}`)
