@@ -19,6 +19,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -45,7 +46,14 @@ func TestTCPMemoryPerIdleConn(t *testing.T) {
 	n = fitOpenFiles(t, n)
 	// An echo backend that copies through a buffer: io.Copy between two
 	// TCP conns would splice, holding a pipe (two more fds) per connection.
+	// It keeps its connections so that the test can close them first (see
+	// closeIdle).
+	var mu sync.Mutex
+	var held []net.Conn
 	backend := newBackend(t, func(c net.Conn) {
+		mu.Lock()
+		held = append(held, c)
+		mu.Unlock()
 		buf := make([]byte, 512)
 		for {
 			n, err := c.Read(buf)
@@ -60,6 +68,25 @@ func TestTCPMemoryPerIdleConn(t *testing.T) {
 		}
 	})
 
+	// closeIdle ends the test's connections with the backend's close first,
+	// so that every TIME_WAIT lands on a listening port: closed from the
+	// client side, some 20 000 ephemeral ports on 127.0.0.1 would sit in
+	// TIME_WAIT for a minute, and the next tests' servers (dnsmasq on a
+	// probed free port) could not bind them.
+	closeIdle := func(clients []net.Conn) {
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		held = held[:0]
+		mu.Unlock()
+		for _, c := range clients {
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			io.Copy(io.Discard, c) // the proxy's FIN
+			c.Close()
+		}
+	}
+
 	// Between.
 	listen := freeAddr(t)
 	srv := staticServer(shared(listen), backend.addr)
@@ -72,7 +99,7 @@ func TestTCPMemoryPerIdleConn(t *testing.T) {
 		t.Fatalf("caddy may open %d files, needs more than %d", lim, 2*n)
 	}
 	warm := openIdleTCPConns(t, listen, 500)
-	closeAll(warm)
+	closeIdle(warm)
 	time.Sleep(500 * time.Millisecond)
 	rss0, g0, m0 := procRSS(t, pid), goroutineCount(t, c.admin), goMemStats(t, c.admin)
 	conns := openIdleTCPConns(t, listen, n)
@@ -90,7 +117,7 @@ func TestTCPMemoryPerIdleConn(t *testing.T) {
 	}
 	// Every connection still works after the measurement.
 	checkEcho(t, conns)
-	closeAll(conns)
+	closeIdle(conns)
 	if per > maxIdleTCPConnRSS {
 		t.Errorf("RSS grew %d bytes per idle TCP connection, want at most %d", per, maxIdleTCPConnRSS)
 	}
@@ -100,14 +127,14 @@ func TestTCPMemoryPerIdleConn(t *testing.T) {
 	h := startHAProxy(t, fmt.Sprintf("global\n\tmaxconn %d\nlisten mem\n\tbind %s\n\ttimeout client 120s\n\ttimeout server 120s\n\tserver b %s\n",
 		n+100, hlisten, backend.addr), hlisten)
 	warm = openIdleTCPConns(t, hlisten, 500)
-	closeAll(warm)
+	closeIdle(warm)
 	time.Sleep(500 * time.Millisecond)
 	hrss0 := procRSS(t, h.pid)
 	conns = openIdleTCPConns(t, hlisten, n)
 	time.Sleep(time.Second)
 	hrss1 := procRSS(t, h.pid)
 	checkEcho(t, conns)
-	closeAll(conns)
+	closeIdle(conns)
 	t.Logf("haproxy: %d idle connections; RSS %d -> %d MiB: %d bytes per connection; between/haproxy %.1fx",
 		n, hrss0>>20, hrss1>>20, (hrss1-hrss0)/int64(n), float64(per)/float64(max(1, (hrss1-hrss0)/int64(n))))
 }

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,8 +30,7 @@ type dnsmasqA struct {
 	addr   string
 	cmd    *exec.Cmd
 	exited chan struct{}
-	mu     sync.Mutex
-	out    strings.Builder
+	out    lockedBuffer
 }
 
 // startDnsmasqA runs a dnsmasq answering dnsName with answer on a free
@@ -58,7 +56,7 @@ func (d *dnsmasqA) start(bin, answer string) error {
 	d.cmd = exec.Command(bin, "--no-daemon", "--port="+port, "--listen-address=127.0.0.1", "--bind-interfaces",
 		"--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
 		"--address=/"+strings.TrimSuffix(dnsName, ".")+"/"+answer)
-	d.cmd.Stdout, d.cmd.Stderr = &dnsmasqOutput{&d.mu, &d.out}, &dnsmasqOutput{&d.mu, &d.out}
+	d.cmd.Stdout, d.cmd.Stderr = &d.out, &d.out
 	if err := d.cmd.Start(); err != nil {
 		d.cmd = nil
 		return err
@@ -80,11 +78,7 @@ func (d *dnsmasqA) start(bin, answer string) error {
 	return fmt.Errorf("dnsmasq on %s did not answer %s within 5s: %s", d.addr, dnsName, d.output())
 }
 
-func (d *dnsmasqA) output() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.out.String()
-}
+func (d *dnsmasqA) output() string { return d.out.String() }
 
 // stop ends this dnsmasq by its PID and waits for it.
 func (d *dnsmasqA) stop() {
