@@ -74,6 +74,17 @@ func TestKeepalive(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("the backend got no connection")
 			}
+			// A byte through the proxy: once the backend has it, the
+			// handler's dial has returned, with its socket options set
+			// (the backend's accept alone can come before that).
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			back.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := back.Read(make([]byte, 1)); err != nil {
+				t.Fatalf("the backend got no byte: %v", err)
+			}
 			// the proxy's client socket: local addr, peer = our client; its
 			// backend socket: peer = the backend, local = what it accepted
 			clientSide := findSocket(t, addr, c.LocalAddr().String())
